@@ -1,0 +1,37 @@
+# MedSeg: two commands do everything.
+#   make serve   install (once), prepare the sample studies, start the server
+#   make test    install (once), run the whole test suite (what CI runs)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+WORK ?= work
+STUDIES ?= $(WORK)/studies
+N_SUBJECTS ?= 8
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CONF ?=
+BIN := $(abspath $(VENV))/bin
+
+.PHONY: install data serve test clean-work
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+data: install
+	$(BIN)/python -m medseg.data.pseudo_subjects --n $(N_SUBJECTS) --seed 2000 \
+		--out $(WORK)/pseudo-subjects/studies --studies $(STUDIES)
+
+serve: data
+	@echo "MedSeg: MONAI Label server on http://$(HOST):$(PORT)/ (3D Slicer: MONAI Label module -> this URL; curl http://$(HOST):$(PORT)/info/)"
+	PATH="$(BIN):$$PATH" monailabel start_server --app apps/medseg --studies $(STUDIES) \
+		--host $(HOST) --port $(PORT) $(CONF)
+
+test: install
+	$(BIN)/python -m pytest -ra
+
+clean-work:
+	rm -rf $(WORK)

@@ -1,0 +1,78 @@
+"""MedSeg: the MONAI Label app.
+
+    monailabel start_server --app apps/medseg --studies <folder> [--conf models unet3d]
+
+One table (medseg.models.MODELS) says which models exist; this file only wires
+each selected model to an infer task and a train task over the datastore.
+"""
+import logging
+import os
+
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+
+import medseg
+from medseg.checkpoint import ModelStore
+from medseg.config import AppConfig
+from medseg.datastore.local import MedSegLocalDatastore
+from medseg.errors import UnknownImageError
+from medseg.tasks.infer import MedSegInferTask
+from medseg.tasks.train import MedSegTrainTask
+
+logger = logging.getLogger(__name__)
+
+
+class MedSegApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.cfg = AppConfig.from_conf(conf or {}, studies, app_dir)
+        self.stores = {
+            spec.name: ModelStore(spec.name, self.cfg.shipped_model_dir, self.cfg.work_dir / "models")
+            for spec in self.cfg.models
+        }
+        logger.info("MedSeg %s: models %s, device %s, work dir %s", medseg.__version__,
+                    [s.name for s in self.cfg.models], self.cfg.device, self.cfg.work_dir)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MedSeg",
+            description="Self-configuring 3D segmentation (nnU-Net-style pipeline) with active learning",
+            version=medseg.__version__,
+            labels=self.cfg.labels,
+        )
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return MedSegLocalDatastore(
+            self.studies,
+            labels=self.cfg.labels,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_infers(self):
+        return {
+            spec.name: MedSegInferTask(spec, self.stores[spec.name], self.cfg.labels, self.cfg.device, self.cfg.tta)
+            for spec in self.cfg.models
+        }
+
+    def init_trainers(self):
+        return {
+            spec.name: MedSegTrainTask(spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device)
+            for spec in self.cfg.models
+        }
+
+    def infer(self, request, datastore=None):
+        image = request.get("image")
+        store = datastore or self.datastore()
+        if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+            raise UnknownImageError(f"image '{image}' is not in the datastore; list images with GET /datastore/?output=all")
+        return super().infer(request, datastore)
+
+    def init_strategies(self):
+        return {"random": Random(), "first": First()}

@@ -1,0 +1,214 @@
+"""Reproducible pseudo-subjects made from the bundled MNI template.
+
+Each subject is the template seen through a random, smooth, invertible-looking
+spatial transform (small affine + B-spline-like displacement field), resampled on
+a grid of its own spacing, with MR artefacts on top: a multiplicative bias field,
+a contrast (gamma) change, a global intensity scale, optional thick-slice blur and
+Rician noise inside the brain (the template is brain-extracted, and so are they). The label map goes through exactly the same transform (linear
+interpolation of its one-hot maps, then argmax), so image and label stay aligned.
+
+Everything is driven by ``numpy.random.default_rng(seed)`` so a (seed, index)
+pair always gives the same subject on any machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from medseg.data.template import TISSUE_LABELS, load_template
+
+
+@dataclass
+class SubjectParams:
+    spacing_mm: tuple[float, float, float]
+    rotation_deg: tuple[float, float, float]
+    scale: float
+    displacement_mm: float
+    bias_strength: float
+    gamma: float
+    intensity_scale: float
+    noise_fraction: float
+    thick_slice_axis: int  # -1: none
+
+
+def draw_params(rng: np.random.Generator, spacing_choices_mm=(1.2, 1.5, 1.5, 1.8)) -> SubjectParams:
+    spacing = float(rng.choice(spacing_choices_mm))
+    return SubjectParams(
+        spacing_mm=(spacing, spacing, spacing),
+        rotation_deg=tuple(float(x) for x in rng.uniform(-8, 8, 3)),
+        scale=float(rng.uniform(0.92, 1.08)),
+        displacement_mm=float(rng.uniform(1.0, 3.0)),
+        bias_strength=float(rng.uniform(0.05, 0.25)),
+        gamma=float(rng.uniform(0.75, 1.35)),
+        intensity_scale=float(rng.uniform(0.5, 2.0)),
+        noise_fraction=float(rng.uniform(0.01, 0.04)),
+        thick_slice_axis=int(rng.choice([-1, -1, 0, 1, 2])),
+    )
+
+
+def _rotation_matrix(deg: tuple[float, float, float]) -> np.ndarray:
+    ax, ay, az = np.deg2rad(deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def smooth_field(rng: np.random.Generator, shape, control_points: int = 5) -> np.ndarray:
+    """A smooth random field of unit standard deviation: a coarse Gaussian grid
+    upsampled with cubic splines (the classic B-spline deformation model)."""
+    coarse = rng.standard_normal((control_points,) * 3)
+    zoom = [s / control_points for s in shape]
+    field = ndimage.zoom(coarse, zoom, order=3, mode="nearest")
+    field = field[tuple(slice(0, s) for s in shape)]
+    pad = [(0, s - f) for s, f in zip(shape, field.shape)]
+    return np.pad(field, pad, mode="edge")
+
+
+def sample_coordinates(params: SubjectParams, template_shape, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Template voxel coordinates for every output voxel, and the output voxel->template voxel matrix.
+
+    The output grid covers the template's field of view at the subject's spacing.
+    """
+    spacing = np.asarray(params.spacing_mm)
+    out_shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(template_shape, spacing))
+    center_t = (np.asarray(template_shape) - 1) / 2.0
+    linear = _rotation_matrix(params.rotation_deg) * params.scale
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in out_shape], indexing="ij"))
+    # Output voxel -> template millimetres (template is 1 mm) centred on the template.
+    mm = grid * spacing.reshape(3, 1, 1, 1).astype(np.float32)
+    mm -= (center_t.reshape(3, 1, 1, 1)).astype(np.float32)
+    coords = np.einsum("ij,j...->i...", linear.astype(np.float32), mm)
+    coords += center_t.reshape(3, 1, 1, 1).astype(np.float32)
+    for axis in range(3):
+        coords[axis] += params.displacement_mm * smooth_field(rng, out_shape).astype(np.float32)
+    return coords, out_shape
+
+
+def make_subject(image_t: np.ndarray, labels_t: np.ndarray, affine_t: np.ndarray, seed: int, index: int):
+    """One pseudo-subject: (image float32, labels uint8, affine, params)."""
+    rng = np.random.default_rng([seed, index])
+    params = draw_params(rng)
+    coords, out_shape = sample_coordinates(params, image_t.shape, rng)
+
+    source = image_t
+    if params.thick_slice_axis >= 0:
+        # Simulated thick slices: blur along one axis as a 2-3x slice thickness would.
+        sigma = [0.0, 0.0, 0.0]
+        sigma[params.thick_slice_axis] = 1.2 * params.spacing_mm[params.thick_slice_axis]
+        source = ndimage.gaussian_filter(image_t, sigma)
+    image = ndimage.map_coordinates(source, coords, order=3, mode="constant", cval=0.0, prefilter=True)
+    image = np.clip(image, 0, None)
+    # The template is brain-extracted; the subjects stay so (zero outside the brain).
+    brain = image > 1e-3 * float(image.max())
+
+    n_classes = max(TISSUE_LABELS.values()) + 1
+    onehot = np.stack(
+        [
+            ndimage.map_coordinates((labels_t == c).astype(np.float32), coords, order=1, mode="constant", cval=float(c == 0))
+            for c in range(n_classes)
+        ]
+    )
+    labels = np.argmax(onehot, axis=0).astype(np.uint8)
+
+    peak = float(np.percentile(image[image > 0], 99.5)) if np.any(image > 0) else 1.0
+    image = image / peak
+    bias = np.exp(params.bias_strength * smooth_field(rng, out_shape, control_points=3))
+    image = np.power(np.clip(image, 0, None), params.gamma) * bias
+    sigma_noise = params.noise_fraction
+    n1 = rng.normal(0, sigma_noise, out_shape)
+    n2 = rng.normal(0, sigma_noise, out_shape)
+    image = np.sqrt((image + n1) ** 2 + n2**2)  # Rician noise, as in magnitude MR images
+    image = np.where(brain, image * 1000.0 * params.intensity_scale, 0.0).astype(np.float32)
+
+    affine = affine_t.copy()
+    affine[:3, :3] = affine_t[:3, :3] @ np.diag(params.spacing_mm)
+    return image, labels, affine, params
+
+
+def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> None:
+    """Write atomically: a reader never sees a half-written file."""
+    import nibabel as nib
+
+    img = nib.Nifti1Image(array.astype(dtype), affine)
+    img.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
+    nib.save(img, str(tmp))
+    os.replace(tmp, path)
+
+
+def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix: str = "subject") -> list[dict]:
+    """Write n subjects as ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz``; skip existing ones."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    template = None
+    records = []
+    for index in range(first_index, first_index + n):
+        name = f"{prefix}_{index:03d}"
+        image_path = out_dir / "images" / f"{name}.nii.gz"
+        label_path = out_dir / "labels" / f"{name}.nii.gz"
+        if not (image_path.exists() and label_path.exists()):
+            if template is None:
+                template = load_template()
+            image, labels, affine, params = make_subject(*template, seed=seed, index=index)
+            write_nifti(label_path, labels, affine, np.uint8)
+            write_nifti(image_path, image, affine, np.float32)
+            records.append({"name": name, "seed": seed, "index": index, **asdict(params)})
+        else:
+            records.append({"name": name, "seed": seed, "index": index})
+    return records
+
+
+def prepare_studies(studies_dir: Path, n: int, seed: int, cache_dir: Path, prefix: str = "subject") -> list[str]:
+    """A MONAI Label studies folder with n unlabeled pseudo-subjects (ground truth stays in the cache).
+
+    Existing images are left alone, so a folder a user has worked in keeps its labels.
+    """
+    studies_dir = Path(studies_dir)
+    studies_dir.mkdir(parents=True, exist_ok=True)
+    records = generate(cache_dir, n, seed=seed, prefix=prefix)
+    names = []
+    for r in records:
+        dest = studies_dir / f"{r['name']}.nii.gz"
+        if not dest.exists():
+            tmp = studies_dir / f".{r['name']}.tmp"
+            shutil.copyfile(Path(cache_dir) / "images" / f"{r['name']}.nii.gz", tmp)
+            os.replace(tmp, dest)
+        names.append(r["name"])
+    return names
+
+
+# Seeds of the fixed sample sets: the shipped weights train on SEED_TRAIN and are
+# tested on SEED_HELDOUT; the studies folder users start with uses SEED_STUDIES.
+SEED_TRAIN, SEED_HELDOUT, SEED_STUDIES = 0, 1000, 2000
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Generate pseudo-subjects from the bundled MNI template.")
+    parser.add_argument("--out", required=True, help="output folder (gets images/ and labels/)")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--first-index", type=int, default=0)
+    parser.add_argument("--prefix", default="subject")
+    parser.add_argument("--studies", default=None,
+                        help="also copy the images (unlabeled) into this MONAI Label studies folder")
+    args = parser.parse_args(argv)
+    if args.studies:
+        names = prepare_studies(Path(args.studies), args.n, args.seed, Path(args.out), args.prefix)
+        print(f"studies folder {args.studies}: {len(names)} unlabeled images")
+        return
+    records = generate(Path(args.out), args.n, args.seed, args.first_index, args.prefix)
+    print(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()

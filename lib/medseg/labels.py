@@ -1,0 +1,59 @@
+"""The label-index contract and the checks every submitted label goes through."""
+from __future__ import annotations
+
+import numpy as np
+
+from medseg.errors import MedSegInputError
+from medseg.imageio import Volume
+
+
+def check_label_against_image(label: Volume, image: Volume, labels: dict[str, int], tol_mm: float = 1e-2) -> None:
+    """Reject a label map that is not on the image's grid or holds undeclared values.
+
+    ``labels`` maps label names to their indices; 0 (background) is always allowed.
+    """
+    if label.shape != image.shape:
+        raise MedSegInputError(
+            f"label size {list(label.shape)} differs from the image size {list(image.shape)}; "
+            "export the label on the image's grid"
+        )
+    if not np.allclose(label.affine, image.affine, atol=tol_mm):
+        raise MedSegInputError(
+            "label geometry (spacing, origin or direction) differs from the image's; "
+            "export the label on the image's grid"
+        )
+    values = np.unique(label.array)
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise MedSegInputError("label values must be whole numbers")
+    allowed = {0, *labels.values()}
+    unknown = sorted(int(v) for v in values if int(v) not in allowed)
+    if unknown:
+        declared = ", ".join(f"{name}={idx}" for name, idx in sorted(labels.items(), key=lambda kv: kv[1]))
+        raise MedSegInputError(f"label values {unknown} are not declared labels (background=0, {declared})")
+
+
+def remap_label_values(array: np.ndarray, label_info, app_labels: dict[str, int]) -> np.ndarray:
+    """Map a client's label values to the app's indices by label name.
+
+    ``label_info`` is what MONAI Label's Slicer plugin sends: a list of
+    ``{"name": ..., "idx": ...}`` (or a dict name -> index). Unknown names are refused.
+    """
+    if isinstance(label_info, dict):
+        entries = [{"name": k, "idx": v} for k, v in label_info.items()]
+    else:
+        entries = list(label_info)
+    out = np.zeros_like(array)
+    seen_values = set()
+    for entry in entries:
+        try:
+            name, value = str(entry["name"]), int(entry["idx"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise MedSegInputError(f"label_info entries need a name and an integer idx, got {entry!r}") from e
+        if name not in app_labels:
+            raise MedSegInputError(f"unknown label name {name!r}; this app's labels are {sorted(app_labels)}")
+        out[array == value] = app_labels[name]
+        seen_values.add(value)
+    stray = sorted(int(v) for v in np.unique(array) if v != 0 and int(v) not in seen_values)
+    if stray:
+        raise MedSegInputError(f"label values {stray} are not named in label_info")
+    return out

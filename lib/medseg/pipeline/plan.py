@@ -1,0 +1,227 @@
+"""Dataset fingerprint and the plan derived from it (nnU-Net's "experiment planning").
+
+The plan is the single artifact that carries every data-dependent decision from
+planning to preprocessing, training and inference. It is stored as JSON beside
+the weights and inside each checkpoint, so a model is always run with the plan
+it was trained with.
+
+Rules follow Isensee et al., Nature Methods 2021, supplementary note 2, and the
+nnU-Net v2 ``ExperimentPlanner``:
+* target spacing = median spacing per axis; for anisotropic data (coarsest axis
+  more than 3x the next one) the coarsest axis takes the 10th percentile instead;
+* patch size starts from the median image shape (at target spacing) and shrinks
+  its largest axis until the estimated GPU memory fits the budget;
+* an axis is pooled only while it has at least 8 voxels and its spacing is within
+  2x of the finest axis (so anisotropic axes are pooled later);
+* CT: clip to foreground 0.5/99.5 percentiles, z-score with dataset foreground
+  statistics; everything else: per-image z-score.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ANISOTROPY_RATIO = 3.0
+MIN_AXIS_VOX_TO_POOL = 8
+MAX_SPACING_RATIO_TO_POOL = 2.0
+# Bytes per (voxel x feature channel) of a stage, counting stored activations of
+# both conv blocks, norms and activations in encoder and decoder, forward and
+# backward, in mixed precision. Calibrated so that nnU-Net's default 3D plan
+# (6 stages, 32..320 features, 128^3 patch, batch 2) lands near its 8 GB target.
+BYTES_PER_FEATURE_VOXEL = 28.0
+
+
+@dataclass
+class CaseFingerprint:
+    name: str
+    spacing_mm: list[float]
+    shape_after_crop_vox: list[int]
+    foreground_samples: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class Plan:
+    spatial_dims: int
+    labels: dict[str, int]
+    modality: str
+    target_spacing_mm: list[float]
+    median_shape_vox: list[int]
+    patch_size_vox: list[int]
+    batch_size: int
+    features: list[int]
+    kernel_sizes: list[list[int]]
+    strides: list[list[int]]
+    normalization: str  # "zscore_per_image" or "ct"
+    ct_clip: list[float] | None = None
+    ct_mean: float | None = None
+    ct_std: float | None = None
+    gpu_memory_budget_gb: float = 8.0
+    estimated_memory_gb: float = 0.0
+    use_cascade: bool = False
+    n_training_cases: int = 0
+
+    @property
+    def n_classes(self) -> int:
+        return max(self.labels.values()) + 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        return cls(**d)
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Plan":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def target_spacing(spacings: np.ndarray) -> list[float]:
+    """Median spacing, with the 10th percentile on a strongly anisotropic coarsest axis."""
+    spacings = np.asarray(spacings, dtype=float)
+    target = np.median(spacings, axis=0)
+    order = np.argsort(target)
+    coarsest, next_coarsest = order[-1], order[-2]
+    if target[coarsest] > ANISOTROPY_RATIO * target[next_coarsest]:
+        target[coarsest] = np.percentile(spacings[:, coarsest], 10)
+    return [float(x) for x in target]
+
+
+def pooling_topology(patch: list[int], spacing: list[float], max_stages: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Per-stage strides and kernels for a patch, following nnU-Net's pooling rules.
+
+    An axis is pooled at a stage while it still has >= 2*8 voxels... precisely: while
+    halving leaves at least MIN_AXIS_VOX_TO_POOL voxels and its current spacing is
+    within MAX_SPACING_RATIO_TO_POOL of the finest current spacing. Axes too coarse to
+    pool also get kernel 1 (as in nnU-Net) until their spacing catches up.
+    """
+    dims = len(patch)
+    size = list(patch)
+    sp = list(spacing)
+    strides = [[1] * dims]
+    kernels = [[3 if sp[a] <= MAX_SPACING_RATIO_TO_POOL * min(sp) else 1 for a in range(dims)]]
+    while len(strides) < max_stages:
+        finest = min(sp)
+        stride = [
+            2 if size[a] // 2 >= MIN_AXIS_VOX_TO_POOL and sp[a] <= MAX_SPACING_RATIO_TO_POOL * finest else 1
+            for a in range(dims)
+        ]
+        if not any(s == 2 for s in stride):
+            break
+        size = [s // st for s, st in zip(size, stride)]
+        sp = [s * st for s, st in zip(sp, stride)]
+        finest = min(sp)
+        strides.append(stride)
+        kernels.append([3 if sp[a] <= MAX_SPACING_RATIO_TO_POOL * finest else 1 for a in range(dims)])
+    return kernels, strides
+
+
+def features_per_stage(n_stages: int, base: int, cap: int) -> list[int]:
+    return [min(base * 2**i, cap) for i in range(n_stages)]
+
+
+def estimate_memory_bytes(patch: list[int], strides: list[list[int]], features: list[int], batch: int) -> float:
+    vox = float(np.prod(patch))
+    total = 0.0
+    for st, f in zip(strides, features):
+        vox /= float(np.prod(st))
+        total += vox * f
+    return BYTES_PER_FEATURE_VOXEL * total * batch
+
+
+def _divisor(strides: list[list[int]]) -> list[int]:
+    return [int(np.prod([s[a] for s in strides])) for a in range(len(strides[0]))]
+
+
+def plan_patch_and_topology(
+    median_shape: list[int],
+    spacing: list[float],
+    budget_bytes: float,
+    base_features: int,
+    max_features: int,
+    max_stages: int,
+    min_batch: int = 2,
+):
+    """Largest patch (aspect ~ 1/spacing, <= median shape) whose min_batch fits the budget."""
+    dims = len(median_shape)
+    # Start from a cube of 256 mm... as in nnU-Net, shaped by 1/spacing and clipped to the median image.
+    finest = min(spacing)
+    patch = [min(int(m), int(round(256 * finest / s))) for m, s in zip(median_shape, spacing)]
+    while True:
+        kernels, strides = pooling_topology(patch, spacing, max_stages)
+        div = _divisor(strides)
+        patch = [max(d, int(math.ceil(p / d)) * d) for p, d in zip(patch, div)]
+        features = features_per_stage(len(strides), base_features, max_features)
+        mem = estimate_memory_bytes(patch, strides, features, min_batch)
+        if mem <= budget_bytes or all(p <= 2 * d for p, d in zip(patch, div)):
+            return patch, kernels, strides, features, mem
+        # Shrink the axis that is largest in millimetres relative to the median image.
+        ratios = [p * s for p, s in zip(patch, spacing)]
+        axis = int(np.argmax(ratios))
+        patch[axis] = max(div[axis], patch[axis] - div[axis])
+
+
+def make_plan(
+    cases: list[CaseFingerprint],
+    labels: dict[str, int],
+    modality: str = "MR",
+    spatial_dims: int = 3,
+    gpu_memory_budget_gb: float = 8.0,
+    base_features: int = 32,
+    max_features: int | None = None,
+    max_stages: int = 6,
+) -> Plan:
+    if not cases:
+        raise ValueError("planning needs at least one labeled case")
+    spacings = np.array([c.spacing_mm for c in cases])
+    spacing = target_spacing(spacings)
+    shapes_at_target = np.array(
+        [[n * s / t for n, s, t in zip(c.shape_after_crop_vox, c.spacing_mm, spacing)] for c in cases]
+    )
+    median_shape = [int(round(x)) for x in np.median(shapes_at_target, axis=0)]
+    max_features = max_features or (320 if spatial_dims == 3 else 512)
+    budget = gpu_memory_budget_gb * 1024**3
+    patch, kernels, strides, features, mem = plan_patch_and_topology(
+        median_shape, spacing, budget, base_features, max_features, max_stages
+    )
+    batch = max(2, int(budget // max(estimate_memory_bytes(patch, strides, features, 1), 1)))
+    # nnU-Net caps the batch so that one batch covers at most 5% of the dataset's voxels.
+    dataset_vox = float(np.sum(np.prod(shapes_at_target, axis=1)))
+    batch = int(max(2, min(batch, math.floor(0.05 * dataset_vox / np.prod(patch)))))
+
+    fg = np.concatenate([np.asarray(c.foreground_samples, dtype=np.float64) for c in cases] or [np.zeros(1)])
+    plan = Plan(
+        spatial_dims=spatial_dims,
+        labels=dict(labels),
+        modality=modality.upper(),
+        target_spacing_mm=spacing,
+        median_shape_vox=median_shape,
+        patch_size_vox=patch,
+        batch_size=batch,
+        features=features,
+        kernel_sizes=kernels,
+        strides=strides,
+        normalization="ct" if modality.upper() == "CT" else "zscore_per_image",
+        gpu_memory_budget_gb=gpu_memory_budget_gb,
+        estimated_memory_gb=round(estimate_memory_bytes(patch, strides, features, batch) / 1024**3, 3),
+        use_cascade=bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
+        n_training_cases=len(cases),
+    )
+    if plan.normalization == "ct" and fg.size > 1:
+        lo, hi = np.percentile(fg, [0.5, 99.5])
+        clipped = np.clip(fg, lo, hi)
+        plan.ct_clip = [float(lo), float(hi)]
+        plan.ct_mean = float(clipped.mean())
+        plan.ct_std = float(max(clipped.std(), 1e-8))
+    return plan

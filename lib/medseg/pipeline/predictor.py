@@ -1,0 +1,48 @@
+"""Whole-volume prediction: preprocess -> sliding window (+TTA) -> inverse -> labels.
+
+This is the one path every prediction takes (REST infer task, model card
+evaluation, benchmarks), so what is measured is what is served.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medseg.imageio import Volume
+from medseg.pipeline.inference import predict_probabilities
+from medseg.pipeline.plan import Plan
+from medseg.pipeline.preprocess import invert_probabilities, preprocess
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8 on the input grid, values = declared label indices
+    latencies_s: dict[str, float]
+
+
+class Predictor:
+    def __init__(self, network: torch.nn.Module, plan: Plan, device: torch.device):
+        self.network = network.to(device).eval()
+        self.plan = plan
+        self.device = device
+
+    def __call__(self, volume: Volume, tta: bool = False) -> Prediction:
+        t0 = time.perf_counter()
+        case = preprocess(volume.array, volume.spacing_mm, self.plan)
+        t1 = time.perf_counter()
+        probs = predict_probabilities(
+            self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device
+        )
+        t2 = time.perf_counter()
+        full = invert_probabilities(probs, case)
+        # Class index c is label value c: plans declare labels as 1..n (see labels.py).
+        labels = full.argmax(0).numpy().astype(np.uint8)
+        t3 = time.perf_counter()
+        return Prediction(
+            labels=labels,
+            latencies_s={"pre": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "post": round(t3 - t2, 3),
+                         "total": round(t3 - t0, 3)},
+        )

@@ -1,0 +1,135 @@
+"""Preprocessing shared by training and inference, and its exact inverse.
+
+crop to the nonzero region -> resample to the plan's spacing -> normalize.
+``PreprocessedCase`` remembers what the inverse needs to put a prediction back
+on the original grid (size, and through the untouched source header, spacing,
+origin and direction), including the border that cropping removed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from medseg.pipeline.plan import ANISOTROPY_RATIO, Plan
+
+# Cropping removed "much" of the image when less than 3/4 of it stays; then the
+# per-image z-score uses only the nonzero mask (nnU-Net's use_mask_for_norm rule).
+MASK_NORM_MAX_KEPT_FRACTION = 0.75
+
+
+@dataclass
+class PreprocessedCase:
+    image: np.ndarray  # (C, *spatial) float32 at target spacing, normalized
+    label: np.ndarray | None  # (*spatial) uint8 at target spacing, or None
+    original_shape: tuple[int, ...]
+    bbox: tuple[tuple[int, int], ...]  # crop box in original voxels, [start, stop)
+    cropped_shape: tuple[int, ...]
+
+
+def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Bounding box of voxels != 0 (the whole image if it has none)."""
+    mask = image != 0
+    if not mask.any():
+        return tuple((0, s) for s in image.shape)
+    box = []
+    for axis in range(image.ndim):
+        other = tuple(a for a in range(image.ndim) if a != axis)
+        hit = np.where(mask.any(axis=other))[0]
+        box.append((int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
+def _slices(bbox) -> tuple[slice, ...]:
+    return tuple(slice(a, b) for a, b in bbox)
+
+
+def target_shape(shape, spacing, target_spacing) -> tuple[int, ...]:
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target_spacing))
+
+
+def _anisotropic_axis(spacing) -> int | None:
+    spacing = np.asarray(spacing, dtype=float)
+    order = np.argsort(spacing)
+    if spacing[order[-1]] > ANISOTROPY_RATIO * spacing[order[-2]]:
+        return int(order[-1])
+    return None
+
+
+def resample_image(image: np.ndarray, new_shape, spacing) -> np.ndarray:
+    """3rd-order spline in-plane; nearest through-plane when the data is anisotropic."""
+    if tuple(image.shape) == tuple(new_shape):
+        return image.astype(np.float32, copy=False)
+    zoom = [n / s for n, s in zip(new_shape, image.shape)]
+    axis = _anisotropic_axis(spacing)
+    if axis is None:
+        return ndimage.zoom(image, zoom, order=3, mode="nearest", grid_mode=True).astype(np.float32)
+    inplane_zoom = [1.0 if a == axis else z for a, z in enumerate(zoom)]
+    out = ndimage.zoom(image, inplane_zoom, order=3, mode="nearest", grid_mode=True)
+    through_zoom = [zoom[a] if a == axis else 1.0 for a in range(image.ndim)]
+    return ndimage.zoom(out, through_zoom, order=0, mode="nearest", grid_mode=True).astype(np.float32)
+
+
+def resample_probabilities(probs: torch.Tensor, new_shape) -> torch.Tensor:
+    """Linear interpolation of (C, *spatial) class maps to a new grid of the same extent."""
+    if tuple(probs.shape[1:]) == tuple(new_shape):
+        return probs
+    mode = "trilinear" if probs.ndim == 4 else "bilinear"
+    return F.interpolate(probs[None].float(), size=tuple(new_shape), mode=mode, align_corners=False)[0]
+
+
+def resample_label(label: np.ndarray, new_shape, n_classes: int) -> np.ndarray:
+    """Labels: linear interpolation of the one-hot maps, then argmax (no staircase shrinking)."""
+    if tuple(label.shape) == tuple(new_shape):
+        return label.astype(np.uint8, copy=False)
+    lab = torch.from_numpy(label.astype(np.int64))
+    onehot = F.one_hot(lab, n_classes).permute(label.ndim, *range(label.ndim)).float()
+    return resample_probabilities(onehot, new_shape).argmax(0).numpy().astype(np.uint8)
+
+
+def normalize(image: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> np.ndarray:
+    if plan.normalization == "ct":
+        lo, hi = plan.ct_clip
+        return ((np.clip(image, lo, hi) - plan.ct_mean) / plan.ct_std).astype(np.float32)
+    values = image[mask] if mask is not None and mask.any() else image
+    mean, std = float(values.mean()), float(values.std())
+    out = (image - mean) / max(std, 1e-8)
+    if mask is not None:
+        out[~mask] = 0.0
+    return out.astype(np.float32)
+
+
+def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | None = None) -> PreprocessedCase:
+    bbox = nonzero_bbox(image)
+    cropped = image[_slices(bbox)]
+    kept = cropped.size / image.size
+    mask = (cropped != 0) if kept < MASK_NORM_MAX_KEPT_FRACTION else None
+    new_shape = target_shape(cropped.shape, spacing_mm, plan.target_spacing_mm)
+    # Normalize before resampling so that spline overshoot at the mask border is harmless.
+    normalized = normalize(cropped, plan, mask)
+    resampled = resample_image(normalized, new_shape, spacing_mm)
+    out_label = None
+    if label is not None:
+        out_label = resample_label(label[_slices(bbox)], new_shape, plan.n_classes)
+    return PreprocessedCase(
+        image=resampled[None],
+        label=out_label,
+        original_shape=tuple(image.shape),
+        bbox=bbox,
+        cropped_shape=tuple(cropped.shape),
+    )
+
+
+def invert_probabilities(probs: torch.Tensor, case: PreprocessedCase) -> torch.Tensor:
+    """(C, *target-spacing grid) class probabilities -> (C, *original grid).
+
+    Outside the crop box the prediction is background with probability 1.
+    """
+    back = resample_probabilities(probs, case.cropped_shape)
+    full = torch.zeros((probs.shape[0], *case.original_shape), dtype=back.dtype)
+    full[0] = 1.0
+    full[(slice(None), *_slices(case.bbox))] = back
+    return full

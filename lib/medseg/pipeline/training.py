@@ -1,0 +1,276 @@
+"""The training loop shared by every model: patches, augmentation, Dice+CE, SGD.
+
+Recipe defaults follow nnU-Net (Isensee et al. 2021, supplementary note 4):
+SGD with Nesterov momentum 0.99, initial learning rate 0.01 with poly decay
+(exponent 0.9), weight decay 3e-5, a third of every batch centred on foreground,
+Dice + cross-entropy with deep supervision. Every value is configurable per request.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from medseg.errors import MedSegInputError
+from medseg.imageio import read_volume
+from medseg.pipeline.augment import augment_sample
+from medseg.pipeline.inference import predict_probabilities
+from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
+from medseg.pipeline.plan import Plan
+from medseg.pipeline.preprocess import PreprocessedCase, preprocess
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    max_iterations: int = 250
+    batch_size: int = 0  # 0: the plan's batch size
+    learning_rate: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    poly_exponent: float = 0.9
+    foreground_fraction: float = 0.33
+    use_ce: bool = True
+    augment: bool = True
+    val_fraction: float = 0.2
+    val_max_cases: int = 4
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 10
+
+    @classmethod
+    def from_request(cls, request: dict, defaults: "TrainConfig | None" = None) -> "TrainConfig":
+        """Typed values from a REST request; unknown keys are ignored, bad values rejected."""
+        base = asdict(defaults or cls())
+        for f in fields(cls):
+            if f.name in request and request[f.name] is not None:
+                raw = request[f.name]
+                try:
+                    if f.type in ("bool", bool):
+                        base[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+                    else:
+                        base[f.name] = {"int": int, "float": float, "str": str}[str(f.type)](raw)
+                except (TypeError, ValueError) as e:
+                    raise MedSegInputError(f"training option {f.name}={raw!r} is not a valid {f.type}") from e
+        cfg = cls(**base)
+        if cfg.max_iterations < 1:
+            raise MedSegInputError("max_iterations must be at least 1")
+        if cfg.learning_rate <= 0:
+            raise MedSegInputError("learning_rate must be positive")
+        return cfg
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- data
+
+
+def _cache_key(image_path: str, label_path: str, plan: Plan) -> str:
+    h = hashlib.sha1()
+    for p in (image_path, label_path):
+        st = os.stat(p)
+        h.update(f"{os.path.realpath(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(plan.to_json().encode())
+    return h.hexdigest()[:20]
+
+
+def load_preprocessed(image_path: str, label_path: str, plan: Plan, cache_dir: Path | None) -> PreprocessedCase:
+    """Preprocess one labeled case, reusing an on-disk cache (arrays on disk, not all in RAM)."""
+    cache_file = None
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cache_file = cache_dir / f"{_cache_key(image_path, label_path, plan)}.npz"
+        if cache_file.exists():
+            with np.load(cache_file) as z:
+                return PreprocessedCase(
+                    image=z["image"], label=z["label"], original_shape=tuple(z["original_shape"]),
+                    bbox=tuple(map(tuple, z["bbox"])), cropped_shape=tuple(z["cropped_shape"]),
+                )
+    image = read_volume(image_path)
+    label = read_volume(label_path, dtype=np.float32)
+    if label.shape != image.shape:
+        raise MedSegInputError(f"label {os.path.basename(label_path)} does not match its image's size")
+    case = preprocess(image.array, image.spacing_mm, plan, np.rint(label.array).astype(np.uint8))
+    if cache_file is not None:
+        tmp = cache_file.with_name(cache_file.stem + ".tmp.npz")
+        np.savez(tmp, image=case.image, label=case.label, original_shape=case.original_shape,
+                 bbox=np.array(case.bbox), cropped_shape=case.cropped_shape)
+        os.replace(tmp, cache_file)
+    return case
+
+
+def split_train_val(names: list[str], val_fraction: float, max_val: int, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic split by a hash of the names, so that it is stable as cases are added."""
+    n = len(names)
+    if n < 2:
+        return list(range(n)), list(range(n))  # one case: validate on what we train on
+    n_val = min(max_val, max(1, int(round(n * val_fraction))))
+    order = sorted(range(n), key=lambda i: hashlib.sha1(f"{seed}:{names[i]}".encode()).hexdigest())
+    val = sorted(order[:n_val])
+    return [i for i in range(n) if i not in val], val
+
+
+class PatchSampler:
+    """Random patches; a fraction of each batch is centred on a random foreground voxel."""
+
+    def __init__(self, cases: list[PreprocessedCase], patch: list[int], foreground_fraction: float, seed: int):
+        self.cases = cases
+        self.patch = list(patch)
+        self.fg_fraction = foreground_fraction
+        self.rng = np.random.default_rng(seed)
+        self.fg_index = [np.argwhere(c.label > 0) for c in cases]
+
+    def _crop(self, case: PreprocessedCase, center=None):
+        shape = case.image.shape[1:]
+        starts = []
+        for axis, (n, p) in enumerate(zip(shape, self.patch)):
+            if center is None:
+                lo, hi = min(0, n - p), max(0, n - p)
+                starts.append(int(self.rng.integers(lo, hi + 1)))
+            else:
+                starts.append(int(center[axis]) - p // 2)
+        img = np.zeros((case.image.shape[0], *self.patch), dtype=np.float32)
+        lab = np.zeros(self.patch, dtype=np.int64)
+        src, dst = [], []
+        for s, n, p in zip(starts, shape, self.patch):
+            a, b = max(s, 0), min(s + p, n)
+            src.append(slice(a, b))
+            dst.append(slice(a - s, b - s))
+        img[(slice(None), *dst)] = case.image[(slice(None), *src)]
+        lab[tuple(dst)] = case.label[tuple(src)]
+        return img, lab
+
+    def batch(self, batch_size: int):
+        n_fg = int(math.ceil(batch_size * self.fg_fraction))
+        images, labels = [], []
+        for b in range(batch_size):
+            i = int(self.rng.integers(len(self.cases)))
+            center = None
+            if b < n_fg and len(self.fg_index[i]):
+                center = self.fg_index[i][self.rng.integers(len(self.fg_index[i]))]
+            img, lab = self._crop(self.cases[i], center)
+            images.append(img)
+            labels.append(lab)
+        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
+    out = {}
+    for name, idx in labels.items():
+        p, t = pred == idx, truth == idx
+        denom = p.sum() + t.sum()
+        out[name] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
+    return out
+
+
+def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> dict[str, float]:
+    """Mean Dice per label over validation cases, at the plan's resolution."""
+    scores = []
+    for case in cases:
+        probs = predict_probabilities(network, torch.from_numpy(case.image), plan.patch_size_vox, device=device)
+        scores.append(dice_per_label(probs.argmax(0).numpy(), case.label, plan.labels))
+    return {name: float(np.mean([s[name] for s in scores])) for name in plan.labels}
+
+
+# ---------------------------------------------------------------- loop
+
+
+@dataclass
+class TrainResult:
+    state_dict: dict
+    val_dice_per_label: dict[str, float]
+    iterations: int
+    seconds: float
+    final_loss: float
+    history: list[dict] = field(default_factory=list)
+
+
+def poly_lr(initial: float, iteration: int, max_iterations: int, exponent: float) -> float:
+    return initial * (1 - iteration / max_iterations) ** exponent
+
+
+def train_network(
+    network: torch.nn.Module,
+    plan: Plan,
+    train_cases: list[PreprocessedCase],
+    val_cases: list[PreprocessedCase],
+    config: TrainConfig,
+    progress: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dice_only: bool = False,
+) -> TrainResult:
+    device = pick_device(config.device)
+    torch.manual_seed(config.seed)
+    network.to(device).train()
+    loss_fn = DeepSupervisionLoss(DiceCELoss(use_ce=config.use_ce and not dice_only))
+    optimizer = torch.optim.SGD(
+        network.parameters(), lr=config.learning_rate, momentum=config.momentum,
+        nesterov=True, weight_decay=config.weight_decay,
+    )
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed)
+    gen = torch.Generator().manual_seed(config.seed)
+    batch_size = config.batch_size or plan.batch_size
+    start = time.time()
+    history = []
+    loss_value = float("nan")
+    it = 0
+    for it in range(config.max_iterations):
+        if should_stop and should_stop():
+            logger.info("training stopped at iteration %d", it)
+            break
+        lr = poly_lr(config.learning_rate, it, config.max_iterations, config.poly_exponent)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = sampler.batch(batch_size)
+        if config.augment:
+            pairs = [augment_sample(images[b], labels[b], gen) for b in range(batch_size)]
+            images = torch.stack([p[0] for p in pairs])
+            labels = torch.stack([p[1] for p in pairs])
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            outputs = network(images)
+        loss = loss_fn([o.float() for o in outputs] if isinstance(outputs, list) else outputs.float(), labels)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_value = float(loss.detach())
+        if (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations:
+            entry = {"iteration": it + 1, "max_iterations": config.max_iterations, "loss": round(loss_value, 4),
+                     "lr": round(lr, 6), "seconds": round(time.time() - start, 1)}
+            history.append(entry)
+            logger.info("train %s", json.dumps(entry))
+            if progress:
+                progress(entry)
+    network.eval()
+    val = validate(network, val_cases, plan, device)
+    logger.info("validation dice per label: %s", val)
+    return TrainResult(
+        state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
+        val_dice_per_label=val,
+        iterations=it + 1,
+        seconds=time.time() - start,
+        final_loss=loss_value,
+        history=history,
+    )

@@ -1,0 +1,69 @@
+import numpy as np
+import torch
+
+from medseg.pipeline.inference import mirror_axes_subsets, predict_probabilities
+from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from medseg.pipeline.plan import CaseFingerprint, Plan, make_plan, target_spacing
+from medseg.pipeline.preprocess import invert_probabilities, nonzero_bbox, preprocess
+
+LABELS = {"a": 1}
+
+
+def tiny_plan(spacing=(1.0, 1.0, 1.0)) -> Plan:
+    cases = [CaseFingerprint("x", list(spacing), [40, 40, 40], [1.0, 2.0])]
+    return make_plan(cases, LABELS, gpu_memory_budget_gb=0.01, base_features=4, max_features=8)
+
+
+def test_target_spacing_median_and_anisotropic_10th_percentile():
+    iso = np.array([[1.0, 1.0, 1.0], [1.2, 1.2, 1.2], [0.8, 0.8, 0.8]])
+    assert target_spacing(iso) == [1.0, 1.0, 1.0]
+    aniso = np.array([[1.0, 1.0, 5.0]] * 5 + [[1.0, 1.0, 3.5]] * 5)
+    spacing = target_spacing(aniso)
+    assert spacing[:2] == [1.0, 1.0] and spacing[2] == 3.5
+
+
+def test_plan_pools_coarse_axis_later():
+    cases = [CaseFingerprint("x", [1.0, 1.0, 4.0], [200, 200, 50], [0.0])]
+    plan = make_plan(cases, LABELS, gpu_memory_budget_gb=1.0, base_features=8)
+    assert plan.strides[1] == [2, 2, 1]  # 4 mm axis not pooled while the others are finer than 2 mm
+    assert all(p % np.prod([s[a] for s in plan.strides]) == 0 for a, p in enumerate(plan.patch_size_vox))
+
+
+def test_preprocess_and_inverse_restore_the_original_grid():
+    image = np.zeros((30, 28, 26), np.float32)
+    image[5:25, 4:20, 3:22] = np.random.default_rng(0).normal(100, 10, (20, 16, 19))
+    plan = tiny_plan((1.5, 1.5, 1.5))
+    case = preprocess(image, (1.0, 1.0, 1.0), plan)
+    assert nonzero_bbox(image) == ((5, 25), (4, 20), (3, 22))
+    assert case.image.shape[1:] == (13, 11, 13)
+    probs = torch.zeros((2, *case.image.shape[1:]))
+    probs[1] = 1.0
+    back = invert_probabilities(probs, case)
+    assert back.shape == (2, 30, 28, 26)
+    labels = back.argmax(0).numpy()
+    assert labels[5:25, 4:20, 3:22].all() and labels.sum() == 20 * 16 * 19
+
+
+def test_mirror_tta_is_consistent_for_a_symmetric_input():
+    torch.manual_seed(0)
+
+    class Symmetric(torch.nn.Module):
+        def forward(self, x):
+            return torch.cat([x, -x], dim=1)
+
+    x = torch.zeros(1, 8, 8, 8)
+    x[:, 2:6, 2:6, 2:6] = 1.0
+    plain = predict_probabilities(Symmetric(), x, [8, 8, 8], mirror=False)
+    tta = predict_probabilities(Symmetric(), x, [8, 8, 8], mirror=True)
+    assert len(mirror_axes_subsets(3)) == 8 and len(mirror_axes_subsets(2)) == 4
+    assert torch.allclose(plain, tta, atol=1e-6)
+
+
+def test_deep_supervision_weights_halve_and_drop_lowest():
+    assert deep_supervision_weights(3) == [2 / 3, 1 / 3, 0.0]
+    loss = DeepSupervisionLoss(DiceCELoss())
+    target = torch.zeros(1, 8, 8, 8, dtype=torch.long)
+    target[:, 2:6, 2:6, 2:6] = 1
+    perfect = torch.stack([(target == 0).float(), (target == 1).float()], 1) * 20
+    worse = torch.zeros_like(perfect)
+    assert loss([perfect, perfect[:, :, ::2, ::2, ::2]], target) < loss([worse, worse[:, :, ::2, ::2, ::2]], target)
