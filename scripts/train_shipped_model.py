@@ -89,7 +89,8 @@ def main(argv=None) -> None:
                            progress=lambda e: print(json.dumps(e), flush=True), dice_only=spec.dice_only)
     network.load_state_dict(result.state_dict)
     device = pick_device()
-    predictor = Predictor(network, plan, device)
+    lcc = result.postprocessing["largest_component_labels"]
+    predictor = Predictor(network, plan, device, lcc)
     heldout = evaluate(predictor, test_pairs)
     template = evaluate(predictor, [{"image": str(TEMPLATE_T1), "label": str(TEMPLATE_LABELS)}])
     n_params = sum(p.numel() for p in network.parameters())
@@ -128,6 +129,9 @@ def main(argv=None) -> None:
         "plan": json.loads(plan.to_json()),
         "train_config": config.__dict__,
         "val_dice_per_label": result.val_dice_per_label,
+        "postprocessing": result.postprocessing,
+        "planning": {"gpu_memory_budget_gb": args.memory_budget_gb, "base_features": args.base_features,
+                     "max_features": args.max_features, "max_stages": args.max_stages},
         "version": 1,
         "trained_on": card["data"],
         "n_train_cases": len(train_idx),

@@ -63,7 +63,9 @@ class MedSegApp(MONAILabelApp):
 
     def init_trainers(self):
         return {
-            spec.name: MedSegTrainTask(spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device)
+            spec.name: MedSegTrainTask(
+                spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device, self.cfg.modality
+            )
             for spec in self.cfg.models
         }
 

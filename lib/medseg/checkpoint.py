@@ -65,6 +65,10 @@ class ModelStore:
     def publish(self, checkpoint: dict) -> Path:
         checkpoint = dict(checkpoint)
         checkpoint.setdefault("published_at", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        # The plan also lies beside the weights as JSON, for people and other tools.
+        plan_path = self.runtime_path.with_name("plan.json")
+        plan_path.parent.mkdir(parents=True, exist_ok=True)
+        Plan.from_dict(checkpoint["plan"]).save(plan_path)
         save_checkpoint(self.runtime_path, checkpoint)
         return self.runtime_path
 

@@ -28,10 +28,11 @@ class AppConfig:
     work_dir: Path  # published weights, caches, training progress
     shipped_model_dir: Path
     tta: bool  # default for infer requests that do not say
+    modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
-        known = {"models", "labels", "device", "work_dir", "tta", "preload"}
+        known = {"models", "labels", "device", "work_dir", "tta", "modality"}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             try:
@@ -51,6 +52,9 @@ class AppConfig:
         else:
             # Weights trained on a datastore belong with it.
             work_dir = Path(studies) / ".medseg"
+        modality = str(conf.get("modality", "MR")).upper()
+        if modality not in ("MR", "CT"):
+            raise ConfigError(f"--conf modality must be MR or CT, got {conf['modality']!r}")
         unknown = sorted(set(conf) - known)
         if unknown:
             import logging
@@ -63,4 +67,5 @@ class AppConfig:
             work_dir=work_dir,
             shipped_model_dir=Path(app_dir) / "model",
             tta=_bool("tta", conf.get("tta", "false")),
+            modality=modality,
         )

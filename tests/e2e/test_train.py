@@ -31,6 +31,21 @@ def test_put_label_then_train_then_infer_uses_new_weights(training_server, sampl
     info = requests.get(f"{url}/info/", timeout=30).json()
     assert info["models"]["unet3d"]["weights"]["version"] == 2
     assert info["train_stats"]["unet3d"]["status"] == "DONE"
+    plan = info["models"]["unet3d"]["plan"]
+    assert (published.parent / "plan.json").exists()
+
+    # The trained weights, their plan and the label survive a server restart.
+    from tests.conftest import Server
+
+    training_server.stop()
+    restarted = Server(training_server.studies, {"models": "unet3d"})
+    try:
+        info = requests.get(f"{restarted.url}/info/", timeout=30).json()
+        assert info["models"]["unet3d"]["weights"]["version"] == 2
+        assert info["models"]["unet3d"]["plan"] == plan
+        assert info["datastore"]["completed"] == 1
+    finally:
+        restarted.stop()
 
 
 def test_train_without_labels_fails_cleanly_and_keeps_serving(tmp_path_factory, sample_sets):

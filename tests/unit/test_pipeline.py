@@ -67,3 +67,33 @@ def test_deep_supervision_weights_halve_and_drop_lowest():
     perfect = torch.stack([(target == 0).float(), (target == 1).float()], 1) * 20
     worse = torch.zeros_like(perfect)
     assert loss([perfect, perfect[:, :, ::2, ::2, ::2]], target) < loss([worse, worse[:, :, ::2, ::2, ::2]], target)
+
+
+def test_persistent_split_keeps_assignments_as_images_are_added(tmp_path):
+    from medseg.pipeline.training import persistent_split
+
+    path = tmp_path / "split.json"
+    names = [f"case_{i}" for i in range(5)]
+    train, val = persistent_split(names, path, 0.2, 4, 0)
+    assert len(val) == 1 and len(train) == 4
+    first_val = names[val[0]]
+    more = names + [f"case_{i}" for i in range(5, 12)]
+    train2, val2 = persistent_split(more, path, 0.2, 4, 0)
+    assert first_val in [more[i] for i in val2]
+    assert {names[i] for i in train} <= {more[i] for i in train2}
+    assert len(val2) == 2
+
+
+def test_largest_component_decision_keeps_a_label_it_would_hurt():
+    from medseg.pipeline.postprocess import decide_largest_component, keep_largest_component
+
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[2:6, 2:6, 2:6] = 1  # label 1 really has two blobs
+    truth[12:16, 12:16, 12:16] = 1
+    truth[8:10, 2:18, 2:18] = 2  # label 2 is one slab
+    pred = truth.copy()
+    pred[18, 18, 18] = 2  # a false-positive speck of label 2
+    assert (keep_largest_component(pred, 1) == 1).sum() == 64
+    chosen, evidence = decide_largest_component([pred], [truth], {"a": 1, "b": 2})
+    assert chosen == [2]
+    assert evidence["candidates"]["a"]["accepted"] is False

@@ -4,7 +4,9 @@ Transforms and probabilities follow nnU-Net's default list (Isensee et al. 2021,
 supplementary note 4): rotation and scaling (p=0.2 each), Gaussian noise (p=0.1),
 Gaussian blur (p=0.2), brightness (p=0.15), contrast (p=0.15), simulated low
 resolution (p=0.25), gamma (p=0.3, also on the inverted image p=0.1) and
-mirroring along every axis (p=0.5).
+mirroring along every axis (p=0.5). Added from V-Net (Milletari et al. 2016,
+section 3): a random nonlinear (B-spline-like) deformation and histogram matching
+to another training image, both at p=0.2.
 """
 from __future__ import annotations
 
@@ -46,6 +48,51 @@ def spatial_transform(image: torch.Tensor, label: torch.Tensor, gen: torch.Gener
     img = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
     lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return img, lab[0, 0].to(label.dtype)
+
+
+def elastic_transform(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator, p=0.2, max_vox=4.0,
+                      control_points=4):
+    """Smooth random displacement: a coarse random grid, upsampled (cubic-like) to the patch."""
+    if torch.rand(1, generator=gen).item() >= p:
+        return image, label
+    dims = image.ndim - 1
+    spatial = image.shape[1:]
+    coarse = torch.randn((1, dims, *([control_points] * dims)), generator=gen)
+    mode = "trilinear" if dims == 3 else "bilinear"
+    field = F.interpolate(coarse, size=spatial, mode=mode, align_corners=True)[0]
+    magnitude = torch.rand(1, generator=gen).item() * max_vox
+    # grid_sample wants normalized [-1, 1] coordinates in x, y(, z) order (reversed axes).
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in spatial]).view(dims, *([1] * dims))
+    field = (field * magnitude * scale).to(image)
+    theta = torch.cat([torch.eye(dims), torch.zeros(dims, 1)], dim=1)[None].to(image)
+    grid = F.affine_grid(theta, (1, 1, *spatial), align_corners=True)
+    grid = grid + field.flip(0).movedim(0, -1)[None]
+    img = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+    lab = F.grid_sample(label[None, None].float(), grid, mode="nearest", padding_mode="border", align_corners=True)
+    return img, lab[0, 0].to(label.dtype)
+
+
+HISTOGRAM_QUANTILES = torch.linspace(0.0, 1.0, 101)
+
+
+def intensity_quantiles(image) -> torch.Tensor:
+    """Reference quantiles of an image's nonzero voxels, for histogram matching."""
+    x = torch.as_tensor(image).float().flatten()
+    x = x[x != 0] if (x != 0).any() else x
+    if x.numel() > 200_000:
+        x = x[torch.randperm(x.numel(), generator=torch.Generator().manual_seed(0))[:200_000]]
+    return torch.quantile(x, HISTOGRAM_QUANTILES)
+
+
+def histogram_match(image: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Piecewise-linear mapping of the image's quantiles onto the reference quantiles."""
+    source = torch.quantile(image.flatten().float(), HISTOGRAM_QUANTILES.to(image.device))
+    source = source + torch.arange(source.numel(), device=image.device) * 1e-6  # strictly increasing
+    idx = torch.searchsorted(source, image.flatten().contiguous()).clamp(1, source.numel() - 1)
+    lo, hi = source[idx - 1], source[idx]
+    w = ((image.flatten() - lo) / (hi - lo)).clamp(0, 1)
+    ref = reference.to(image)
+    return (ref[idx - 1] + w * (ref[idx] - ref[idx - 1])).view_as(image)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -115,8 +162,13 @@ def mirror(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator):
     return image, label
 
 
-def augment_sample(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator):
+def augment_sample(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator,
+                   references: list[torch.Tensor] | None = None, p_histogram=0.2):
     image, label = spatial_transform(image, label, gen)
+    image, label = elastic_transform(image, label, gen)
+    if references and torch.rand(1, generator=gen).item() < p_histogram:
+        ref = references[int(torch.randint(len(references), (1,), generator=gen))]
+        image = histogram_match(image, ref)
     image = intensity_transform(image, gen)
     image, label = mirror(image, label, gen)
     return image.contiguous(), label.contiguous()

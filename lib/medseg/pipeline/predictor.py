@@ -14,6 +14,7 @@ import torch
 from medseg.imageio import Volume
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
+from medseg.pipeline.postprocess import apply_postprocessing
 from medseg.pipeline.preprocess import invert_probabilities, preprocess
 
 
@@ -21,15 +22,18 @@ from medseg.pipeline.preprocess import invert_probabilities, preprocess
 class Prediction:
     labels: np.ndarray  # uint8 on the input grid, values = declared label indices
     latencies_s: dict[str, float]
+    probabilities: np.ndarray | None = None  # (*spatial, C) float32 softmax on the input grid, on request
 
 
 class Predictor:
-    def __init__(self, network: torch.nn.Module, plan: Plan, device: torch.device):
+    def __init__(self, network: torch.nn.Module, plan: Plan, device: torch.device,
+                 largest_component_labels: list[int] | None = None):
         self.network = network.to(device).eval()
         self.plan = plan
         self.device = device
+        self.largest_component_labels = list(largest_component_labels or [])
 
-    def __call__(self, volume: Volume, tta: bool = False) -> Prediction:
+    def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:
         t0 = time.perf_counter()
         case = preprocess(volume.array, volume.spacing_mm, self.plan)
         t1 = time.perf_counter()
@@ -40,9 +44,11 @@ class Predictor:
         full = invert_probabilities(probs, case)
         # Class index c is label value c: plans declare labels as 1..n (see labels.py).
         labels = full.argmax(0).numpy().astype(np.uint8)
+        labels = apply_postprocessing(labels, self.largest_component_labels)
         t3 = time.perf_counter()
         return Prediction(
             labels=labels,
+            probabilities=full.movedim(0, -1).numpy().astype(np.float32) if probabilities else None,
             latencies_s={"pre": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "post": round(t3 - t2, 3),
                          "total": round(t3 - t0, 3)},
         )

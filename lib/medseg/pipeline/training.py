@@ -22,10 +22,11 @@ import torch
 
 from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
-from medseg.pipeline.augment import augment_sample
+from medseg.pipeline.augment import augment_sample, intensity_quantiles
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
 from medseg.pipeline.plan import Plan
+from medseg.pipeline.postprocess import apply_postprocessing, decide_largest_component
 from medseg.pipeline.preprocess import PreprocessedCase, preprocess
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,31 @@ def split_train_val(names: list[str], val_fraction: float, max_val: int, seed: i
     return [i for i in range(n) if i not in val], val
 
 
+def persistent_split(names: list[str], path: Path, val_fraction: float, max_val: int, seed: int):
+    """Train/validation split kept in a JSON file of the datastore: once an image is
+    assigned, it stays on its side, so validation scores of successive models compare."""
+    path = Path(path)
+    assigned = json.loads(path.read_text()) if path.exists() else {}
+    if len(names) < 2:
+        return split_train_val(names, val_fraction, max_val, seed)
+    target_val = min(max_val, max(1, int(round(len(names) * val_fraction))))
+    n_val = sum(1 for n in names if assigned.get(n) == "val")
+    new = sorted((n for n in names if n not in assigned), key=lambda n: hashlib.sha1(f"{seed}:{n}".encode()).hexdigest())
+    for n in new:
+        side = "val" if n_val < target_val else "train"
+        n_val += side == "val"
+        assigned[n] = side
+    if not any(assigned.get(n) == "train" for n in names):
+        # Everything we have is validation: move the newest back so there is something to learn from.
+        assigned[new[-1] if new else names[-1]] = "train"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(assigned, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    val = [i for i, n in enumerate(names) if assigned[n] == "val"]
+    return [i for i in range(len(names)) if i not in val], val
+
+
 class PatchSampler:
     """Random patches; a fraction of each batch is centred on a random foreground voxel."""
 
@@ -180,13 +206,18 @@ def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) 
     return out
 
 
-def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> dict[str, float]:
-    """Mean Dice per label over validation cases, at the plan's resolution."""
-    scores = []
+def mean_dice_per_label(preds: list[np.ndarray], truths: list[np.ndarray], labels: dict[str, int]) -> dict[str, float]:
+    scores = [dice_per_label(p, t, labels) for p, t in zip(preds, truths)]
+    return {name: float(np.mean([s[name] for s in scores])) for name in labels}
+
+
+def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Mean Dice per label over validation cases at the plan's resolution, and the predictions."""
+    preds = []
     for case in cases:
         probs = predict_probabilities(network, torch.from_numpy(case.image), plan.patch_size_vox, device=device)
-        scores.append(dice_per_label(probs.argmax(0).numpy(), case.label, plan.labels))
-    return {name: float(np.mean([s[name] for s in scores])) for name in plan.labels}
+        preds.append(probs.argmax(0).numpy().astype(np.uint8))
+    return mean_dice_per_label(preds, [c.label for c in cases], plan.labels), preds
 
 
 # ---------------------------------------------------------------- loop
@@ -195,7 +226,8 @@ def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> dict
 @dataclass
 class TrainResult:
     state_dict: dict
-    val_dice_per_label: dict[str, float]
+    val_dice_per_label: dict[str, float]  # with the chosen postprocessing
+    postprocessing: dict
     iterations: int
     seconds: float
     final_loss: float
@@ -228,6 +260,7 @@ def train_network(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    references = [intensity_quantiles(c.image) for c in train_cases] if config.augment else []
     batch_size = config.batch_size or plan.batch_size
     start = time.time()
     history = []
@@ -242,7 +275,7 @@ def train_network(
             group["lr"] = lr
         images, labels = sampler.batch(batch_size)
         if config.augment:
-            pairs = [augment_sample(images[b], labels[b], gen) for b in range(batch_size)]
+            pairs = [augment_sample(images[b], labels[b], gen, references) for b in range(batch_size)]
             images = torch.stack([p[0] for p in pairs])
             labels = torch.stack([p[1] for p in pairs])
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
@@ -264,11 +297,15 @@ def train_network(
             if progress:
                 progress(entry)
     network.eval()
-    val = validate(network, val_cases, plan, device)
-    logger.info("validation dice per label: %s", val)
+    raw_dice, preds = validate(network, val_cases, plan, device)
+    truths = [c.label for c in val_cases]
+    chosen, evidence = decide_largest_component(preds, truths, plan.labels)
+    val = mean_dice_per_label([apply_postprocessing(p, chosen) for p in preds], truths, plan.labels)
+    logger.info("validation dice per label: %s (without postprocessing %s)", val, raw_dice)
     return TrainResult(
         state_dict={k: v.detach().cpu() for k, v in network.state_dict().items()},
         val_dice_per_label=val,
+        postprocessing={"largest_component_labels": chosen, "val_dice_without": raw_dice, "evidence": evidence},
         iterations=it + 1,
         seconds=time.time() - start,
         final_loss=loss_value,

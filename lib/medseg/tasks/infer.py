@@ -6,6 +6,7 @@ import os
 import tempfile
 import threading
 
+import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
@@ -69,7 +70,8 @@ class MedSegInferTask(InferTask):
                 plan = plan_of(ckpt)
                 network = self.spec.build(plan)
                 network.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-                self._predictor = (id(ckpt), Predictor(network, plan, self.device))
+                lcc = (ckpt.get("postprocessing") or {}).get("largest_component_labels", [])
+                self._predictor = (id(ckpt), Predictor(network, plan, self.device, lcc))
                 logger.info("%s: loaded weights version %s", self.spec.name, ckpt.get("version"))
             return self._predictor[1], ckpt
 
@@ -82,15 +84,21 @@ class MedSegInferTask(InferTask):
         volume = read_volume(image_path)
         predictor, ckpt = self.predictor()
         tta = _flag(request.get("tta", self._config.get("tta", False)))
+        want_probs = _flag(request.get("probabilities", False))
         with torch.inference_mode():
-            prediction = predictor(volume, tta=tta)
+            prediction = predictor(volume, tta=tta, probabilities=want_probs)
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{self.spec.name}_")
         os.close(fd)
-        write_like(out_path, prediction.labels, volume)
+        if want_probs:
+            # Softmax per class as a 4D volume (x, y, z, class) on the image grid.
+            write_like(out_path, prediction.probabilities, volume, dtype=np.float32)
+        else:
+            write_like(out_path, prediction.labels, volume)
         return out_path, {
             "label_names": dict(self.labels),
             "latencies": prediction.latencies_s,
             "model": self.spec.name,
             "model_version": ckpt.get("version"),
             "tta": tta,
+            "output": "probabilities" if want_probs else "labels",
         }

@@ -19,20 +19,37 @@ from medseg.checkpoint import ModelStore, plan_of
 from medseg.errors import MedSegInputError
 from medseg.models import ModelSpec
 from medseg.pipeline.fingerprint import fingerprint_files
-from medseg.pipeline.plan import make_plan
-from medseg.pipeline.training import TrainConfig, load_preprocessed, split_train_val, train_network
+from medseg.pipeline.plan import Plan, make_plan
+from medseg.pipeline.training import TrainConfig, load_preprocessed, persistent_split, train_network
 
 logger = logging.getLogger(__name__)
 
 
+MIN_CASES_TO_REPLAN = 5
+
+
+def planning_kwargs(parent: dict | None, spec: ModelSpec) -> dict:
+    """The planner settings a model was made with, carried to its fine-tuned versions."""
+    return dict(spec.planning, **((parent or {}).get("planning") or {}))
+REPLAN_SPACING_CHANGE = 0.2
+
+
+def plans_differ(a: Plan, b: Plan) -> bool:
+    if a.normalization != b.normalization or a.labels != b.labels:
+        return True
+    return any(abs(x - y) / x > REPLAN_SPACING_CHANGE for x, y in zip(a.target_spacing_mm, b.target_spacing_mm))
+
+
 class MedSegTrainTask(TrainTask):
-    def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str):
+    def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
+                 modality: str = "MR"):
         super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
         self.spec = spec
         self.store = store
         self.labels = dict(labels)
         self.work_dir = Path(work_dir)
         self.device = device
+        self.modality = modality
         self.progress_path = self.work_dir / spec.name / "train_progress.json"
 
     def config(self):
@@ -52,6 +69,28 @@ class MedSegTrainTask(TrainTask):
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.progress_path)
 
+    def choose_plan(self, parent: dict | None, datalist: list[dict], force_replan: bool = False):
+        """Keep the weights' plan (and fine-tune) unless the labeled data calls for another.
+
+        A fresh plan replaces the parent's when at least MIN_CASES_TO_REPLAN cases are
+        labeled and it differs materially (normalization, or a target spacing more than
+        REPLAN_SPACING_CHANGE off on some axis); training then starts from scratch, since
+        weights learned at another resolution or intensity scale do not transfer.
+        """
+        planning = dict(self.spec.planning)
+        if parent is not None:
+            planning.update(parent.get("planning") or {})
+        if parent is None or force_replan or len(datalist) >= MIN_CASES_TO_REPLAN:
+            fresh = make_plan(fingerprint_files(datalist), self.labels, modality=self.modality,
+                              spatial_dims=self.spec.spatial_dims, **planning)
+        if parent is None:
+            return fresh, None
+        current = plan_of(parent)
+        if force_replan or (len(datalist) >= MIN_CASES_TO_REPLAN and plans_differ(current, fresh)):
+            logger.info("%s: the labeled data calls for a new plan; training from scratch", self.spec.name)
+            return fresh, None
+        return current, parent
+
     def __call__(self, request, datastore):
         config = TrainConfig.from_request(request, TrainConfig(device=self.device))
         datalist = datastore.datalist()
@@ -60,14 +99,11 @@ class MedSegTrainTask(TrainTask):
         names = [os.path.basename(d["image"]) for d in datalist]
 
         parent = self.store.load()
-        if parent is not None:
-            plan = plan_of(parent)  # fine-tuning keeps the plan (and so the topology) of its weights
-        else:
-            plan = make_plan(fingerprint_files(datalist), self.labels, spatial_dims=self.spec.spatial_dims,
-                             **self.spec.planning)
+        plan, parent = self.choose_plan(parent, datalist, force_replan=bool(request.get("replan", False)))
         cache_dir = self.work_dir / "cache"
         cases = [load_preprocessed(d["image"], d["label"], plan, cache_dir) for d in datalist]
-        train_idx, val_idx = split_train_val(names, config.val_fraction, config.val_max_cases, config.seed)
+        train_idx, val_idx = persistent_split(names, self.work_dir / "split.json", config.val_fraction,
+                                              config.val_max_cases, config.seed)
 
         network = self.spec.build(plan)
         if parent is not None:
@@ -83,15 +119,18 @@ class MedSegTrainTask(TrainTask):
 
         result = train_network(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx],
                                config, progress=progress, dice_only=self.spec.dice_only)
-        version = int(parent.get("version", 0)) + 1 if parent else 1
+        previous = self.store.load()
+        version = int(previous.get("version", 0)) + 1 if previous else 1
         checkpoint = {
             "model": self.spec.name,
             "state_dict": result.state_dict,
             "plan": json.loads(plan.to_json()),
             "train_config": config.__dict__,
             "val_dice_per_label": result.val_dice_per_label,
+            "postprocessing": result.postprocessing,
+            "planning": planning_kwargs(previous, self.spec),
             "version": version,
-            "parent_version": parent.get("version") if parent else None,
+            "parent_version": parent.get("version") if parent else None,  # None: trained from scratch
             "n_train_cases": len(train_idx),
             "train_images": [names[i] for i in train_idx],
             "val_images": [names[i] for i in val_idx],
