@@ -1,5 +1,4 @@
 """Bad input gets a clear 4xx answer and changes nothing in the datastore."""
-import shutil
 
 import nibabel as nib
 import numpy as np

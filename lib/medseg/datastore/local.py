@@ -20,7 +20,7 @@ import numpy as np
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, LocalDatastore
 
-from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
+from medseg.errors import UnknownImageError, UnsupportedMediaError
 from medseg.imageio import NIFTI_SUFFIXES, Volume, read_volume, write_like
 from medseg.labels import check_label_against_image, remap_label_values
 

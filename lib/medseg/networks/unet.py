@@ -22,8 +22,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from medseg.networks.blocks import pad_to_multiple
 
 
 def _conv(dims: int):
@@ -136,11 +137,7 @@ class UNet(nn.Module):
         spatial = x.shape[2:]
         if len(spatial) != self.spatial_dims:
             raise ValueError(f"expected {self.spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")
-        pad = []
-        for size, div in zip(reversed(spatial), reversed(self.size_divisor)):
-            pad += [0, (-size) % div]
-        if any(pad):
-            x = F.pad(x, pad)
+        x = pad_to_multiple(x, self.size_divisor)
 
         skips = []
         for stage in self.encoder:

@@ -101,9 +101,9 @@ def target_spacing(spacings: np.ndarray) -> list[float]:
 def pooling_topology(patch: list[int], spacing: list[float], max_stages: int) -> tuple[list[list[int]], list[list[int]]]:
     """Per-stage strides and kernels for a patch, following nnU-Net's pooling rules.
 
-    An axis is pooled at a stage while it still has >= 2*8 voxels... precisely: while
-    halving leaves at least MIN_AXIS_VOX_TO_POOL voxels and its current spacing is
-    within MAX_SPACING_RATIO_TO_POOL of the finest current spacing. Axes too coarse to
+    An axis is pooled at a stage while halving it leaves at least MIN_AXIS_VOX_TO_POOL
+    voxels and its current spacing is within MAX_SPACING_RATIO_TO_POOL of the finest
+    current spacing. Axes too coarse to
     pool also get kernel 1 (as in nnU-Net) until their spacing catches up.
     """
     dims = len(patch)
@@ -154,8 +154,8 @@ def plan_patch_and_topology(
     min_batch: int = 2,
 ):
     """Largest patch (aspect ~ 1/spacing, <= median shape) whose min_batch fits the budget."""
-    dims = len(median_shape)
-    # Start from a cube of 256 mm... as in nnU-Net, shaped by 1/spacing and clipped to the median image.
+    # Start from 256 voxels along the finest axis, shaped by 1/spacing (as nnU-Net v2's
+    # planner does) and clipped to the median image; then shrink until it fits.
     finest = min(spacing)
     patch = [min(int(m), int(round(256 * finest / s))) for m, s in zip(median_shape, spacing)]
     while True:

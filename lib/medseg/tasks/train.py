@@ -12,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-import torch
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medseg.checkpoint import ModelStore, plan_of

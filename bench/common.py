@@ -1,0 +1,45 @@
+"""Shared helpers of the benchmark scripts: machine description and README tables."""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+
+def machine_info() -> dict:
+    import monai
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+    }
+
+
+def update_readme_table(readme: Path, key: str, header: list[str], rows: list[list[str]], caption: str) -> None:
+    """Replace the block between <!-- key:start --> and <!-- key:end --> with a generated table."""
+    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    block = f"<!-- {key}:start -->\n" + "\n".join(lines) + f"\n<!-- {key}:end -->"
+    text = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
+    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)
