@@ -21,7 +21,7 @@ def parse_multipart_label(response: requests.Response):
         if 'name="params"' in disposition:
             params = json.loads(part.content)
         elif 'name="image"' in disposition:
-            fh = nib.FileHolder(fileobj=io.BytesIO(part.content))
+            fh = nib.FileHolder(fileobj=io.BytesIO(gunzip_if_needed(part.content)))
             image = nib.Nifti1Image.from_file_map({"header": fh, "image": fh})
             image = nib.Nifti1Image(np.asarray(image.dataobj), image.affine, image.header)
     return image, params
