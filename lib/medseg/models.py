@@ -10,20 +10,48 @@ from typing import Callable
 
 from torch import nn
 
+from medseg.networks.nnformer import NnFormer
+from medseg.networks.resenc_unet import ResEncUNet
+from medseg.networks.swin_unet import SwinUNet
 from medseg.networks.unet import UNet
+from medseg.networks.vnet import VNet
 from medseg.pipeline.plan import Plan
 
+# Transformer widths are not derived from the plan's conv features: a token width
+# per stage that keeps the model small enough to train on a CPU in the tests.
+TRANSFORMER_FEATURES = (24, 48, 96, 192)
 
-def build_unet(plan: Plan, deep_supervision: bool = True) -> nn.Module:
-    return UNet(
-        spatial_dims=plan.spatial_dims,
-        in_channels=1,
-        out_channels=plan.n_classes,
-        features=plan.features,
-        kernel_sizes=plan.kernel_sizes,
-        strides=plan.strides,
-        deep_supervision=deep_supervision,
-    )
+
+def build_unet(plan: Plan) -> nn.Module:
+    return UNet(plan.spatial_dims, 1, plan.n_classes, features=plan.features,
+                kernel_sizes=plan.kernel_sizes, strides=plan.strides, deep_supervision=True)
+
+
+def build_resenc_unet(plan: Plan) -> nn.Module:
+    # nnU-Net ResEnc presets grow the blocks per stage (1, 3, 4, 6, 6, ...).
+    blocks = [1, 3, 4, 6, 6, 6, 6][: len(plan.features)]
+    return ResEncUNet(plan.spatial_dims, 1, plan.n_classes, features=plan.features, strides=plan.strides,
+                      kernel_sizes=plan.kernel_sizes, blocks_per_stage=blocks, deep_supervision=True)
+
+
+def build_vnet(plan: Plan) -> nn.Module:
+    return VNet(plan.spatial_dims, 1, plan.n_classes, features=plan.features, strides=plan.strides)
+
+
+def _transformer_strides(plan: Plan, n: int) -> list[list[int]]:
+    return [list(s) for s in plan.strides[:n]] + [[2] * plan.spatial_dims] * max(0, n - len(plan.strides))
+
+
+def build_swin_unet(plan: Plan) -> nn.Module:
+    n = len(TRANSFORMER_FEATURES)
+    return SwinUNet(plan.spatial_dims, 1, plan.n_classes, features=TRANSFORMER_FEATURES,
+                    strides=_transformer_strides(plan, n), patch_size=2, window_size=4)
+
+
+def build_nnformer(plan: Plan) -> nn.Module:
+    n = len(TRANSFORMER_FEATURES)
+    return NnFormer(3, 1, plan.n_classes, features=TRANSFORMER_FEATURES,
+                    strides=_transformer_strides(plan, n), patch_size=4, window_size=4, deep_supervision=True)
 
 
 @dataclass(frozen=True)
@@ -43,6 +71,36 @@ MODELS: dict[str, ModelSpec] = {
         "transposed conv up, deep supervision)",
         spatial_dims=3,
         build=build_unet,
+    ),
+    "resenc_unet": ModelSpec(
+        name="resenc_unet",
+        description="U-Net with a residual encoder (ResNet basic blocks, 1-3-4-6 per stage) and a plain decoder",
+        spatial_dims=3,
+        build=build_resenc_unet,
+    ),
+    "vnet": ModelSpec(
+        name="vnet",
+        description="V-Net: residual stages of 5x5x5 convolutions with PReLU, strided-conv down, "
+        "transposed-conv up, soft Dice objective",
+        spatial_dims=3,
+        build=build_vnet,
+        dice_only=True,
+    ),
+    "swin_unet": ModelSpec(
+        name="swin_unet",
+        description="Swin-Unet: pure-transformer U shape (window and shifted-window attention, patch merging "
+        "down, patch expanding up)",
+        spatial_dims=3,
+        build=build_swin_unet,
+        planning={"patch_divisor": 64},
+    ),
+    "nnformer": ModelSpec(
+        name="nnformer",
+        description="nnFormer-style 3D transformer: conv patch embedding, local volume attention, "
+        "skip attention in the decoder",
+        spatial_dims=3,
+        build=build_nnformer,
+        planning={"patch_divisor": 64},
     ),
 }
 

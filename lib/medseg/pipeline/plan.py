@@ -181,7 +181,10 @@ def make_plan(
     base_features: int = 32,
     max_features: int | None = None,
     max_stages: int = 6,
+    patch_divisor: int = 1,
 ) -> Plan:
+    """Plan from fingerprints. ``patch_divisor`` rounds the patch down to multiples a
+    network needs (transformers: patch size x window x merges), at least one multiple."""
     if not cases:
         raise ValueError("planning needs at least one labeled case")
     spacings = np.array([c.spacing_mm for c in cases])
@@ -195,6 +198,8 @@ def make_plan(
     patch, kernels, strides, features, mem = plan_patch_and_topology(
         median_shape, spacing, budget, base_features, max_features, max_stages
     )
+    if patch_divisor > 1:
+        patch = [max(patch_divisor, p // patch_divisor * patch_divisor) for p in patch]
     batch = max(2, int(budget // max(estimate_memory_bytes(patch, strides, features, 1), 1)))
     # nnU-Net caps the batch so that one batch covers at most 5% of the dataset's voxels.
     dataset_vox = float(np.sum(np.prod(shapes_at_target, axis=1)))
