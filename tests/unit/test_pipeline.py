@@ -97,3 +97,39 @@ def test_largest_component_decision_keeps_a_label_it_would_hurt():
     chosen, evidence = decide_largest_component([pred], [truth], {"a": 1, "b": 2})
     assert chosen == [2]
     assert evidence["candidates"]["a"]["accepted"] is False
+
+
+def test_ct_uses_dataset_foreground_statistics_and_mr_per_image_zscore():
+    rng = np.random.default_rng(0)
+    fg = list(rng.normal(40, 10, 5000)) + [3000.0, -1000.0]  # outliers clipped by the percentiles
+    cases = [CaseFingerprint("c", [1.0, 1.0, 1.0], [32, 32, 32], fg)]
+    ct = make_plan(cases, LABELS, modality="CT", gpu_memory_budget_gb=0.05, base_features=4)
+    mr = make_plan(cases, LABELS, modality="MR", gpu_memory_budget_gb=0.05, base_features=4)
+    assert ct.normalization == "ct" and mr.normalization == "zscore_per_image"
+    assert ct.ct_clip[0] > -100 and ct.ct_clip[1] < 100
+    assert abs(ct.ct_mean - 40) < 1 and abs(ct.ct_std - 10) < 1
+    image = np.full((8, 8, 8), 40.0, np.float32)
+    image[0, 0, 0] = 3000.0
+    from medseg.pipeline.preprocess import normalize
+
+    out_ct = normalize(image, ct)
+    assert abs(out_ct[1, 1, 1]) < 0.1 and out_ct[0, 0, 0] < 10  # clipped before scaling
+    out_mr = normalize(image * 7 + 3, mr)
+    assert abs(out_mr.mean()) < 1e-5 and abs(out_mr.std() - 1) < 1e-4
+
+
+def test_label_resample_round_trip_stays_within_one_voxel():
+    from scipy import ndimage
+
+    from medseg.pipeline.preprocess import resample_label
+
+    label = np.zeros((40, 36, 30), np.uint8)
+    zz, yy, xx = np.mgrid[:40, :36, :30]
+    label[(zz - 20) ** 2 + (yy - 18) ** 2 + (xx - 15) ** 2 < 12**2] = 1
+    label[(zz - 20) ** 2 + (yy - 18) ** 2 + (xx - 15) ** 2 < 6**2] = 2
+    down = resample_label(label, (27, 24, 20), 3)
+    back = resample_label(down, label.shape, 3)
+    for value in (1, 2):
+        a, b = label == value, back == value
+        grown_a, grown_b = ndimage.binary_dilation(a), ndimage.binary_dilation(b)
+        assert not (b & ~grown_a).any() and not (a & ~grown_b).any()
