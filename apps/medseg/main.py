@@ -17,7 +17,7 @@ from medseg.checkpoint import ModelStore
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
 from medseg.errors import UnknownImageError
-from medseg.tasks.infer import MedSegInferTask
+from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask
 from medseg.tasks.train import MedSegTrainTask
 
 logger = logging.getLogger(__name__)
@@ -56,10 +56,14 @@ class MedSegApp(MONAILabelApp):
         )
 
     def init_infers(self):
-        return {
+        infers = {
             spec.name: MedSegInferTask(spec, self.stores[spec.name], self.cfg.labels, self.cfg.device, self.cfg.tta)
             for spec in self.cfg.models
         }
+        members = list(infers.values())
+        infers["ensemble"] = EnsembleInferTask(members, self.cfg.labels, self.cfg.tta)
+        infers["auto"] = AutoInferTask(members, self.cfg.labels, self.cfg.tta)
+        return infers
 
     def init_trainers(self):
         return {

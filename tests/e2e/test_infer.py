@@ -65,3 +65,13 @@ def test_uploaded_small_image_with_tta_and_probabilities(server, sample_sets, tm
         assert np.allclose(p.sum(-1), 1.0, atol=1e-3)
     finally:
         requests.delete(f"{server.url}/datastore/image", params={"id": "crop"}, timeout=60)
+
+
+def test_auto_and_ensemble_use_the_models_with_weights(server):
+    info = requests.get(f"{server.url}/info/", timeout=30).json()
+    assert info["models"]["auto"]["chosen"] == "unet3d"
+    assert info["models"]["ensemble"]["members"] == ["unet3d"]
+    single, _ = infer(server.url, "unet3d", "subject_002")
+    auto, params = infer(server.url, "auto", "subject_002")
+    assert params["model"] == "unet3d" and params["chosen_by"] == "validation dice"
+    assert np.array_equal(np.asarray(auto.dataobj), np.asarray(single.dataobj))

@@ -14,7 +14,7 @@ from medseg.checkpoint import ModelStore, plan_of
 from medseg.errors import UnknownImageError
 from medseg.imageio import read_volume, write_like
 from medseg.models import ModelSpec
-from medseg.pipeline.predictor import Predictor
+from medseg.pipeline.predictor import Prediction, Predictor
 from medseg.pipeline.training import pick_device
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,40 @@ def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
-class MedSegInferTask(InferTask):
+class VolumeInferTask(InferTask):
+    """Shared REST side of every infer task: read the image, predict, write on its grid."""
+
+    def predict(self, volume, tta: bool, probabilities: bool) -> tuple[Prediction, dict]:
+        raise NotImplementedError
+
+    def __call__(self, request):
+        image_path = request.get("image")
+        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
+            raise UnknownImageError(
+                f"image {request.get('image')!r} is not in the datastore; list images with GET /datastore/?output=all"
+            )
+        volume = read_volume(image_path)
+        tta = _flag(request.get("tta", self._config.get("tta", False)))
+        want_probs = _flag(request.get("probabilities", False))
+        with torch.inference_mode():
+            prediction, meta = self.predict(volume, tta, want_probs)
+        fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="medseg_")
+        os.close(fd)
+        if want_probs:
+            # Softmax per class as a 4D volume (x, y, z, class) on the image grid.
+            write_like(out_path, prediction.probabilities, volume, dtype=np.float32)
+        else:
+            write_like(out_path, prediction.labels, volume)
+        return out_path, {
+            "label_names": dict(self.labels),
+            "latencies": prediction.latencies_s,
+            "tta": tta,
+            "output": "probabilities" if want_probs else "labels",
+            **meta,
+        }
+
+
+class MedSegInferTask(VolumeInferTask):
     def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], device: str, tta: bool):
         super().__init__(
             type=InferType.SEGMENTATION,
@@ -56,9 +89,16 @@ class MedSegInferTask(InferTask):
                 "trained_at": ckpt.get("trained_at"),
                 "n_train_cases": ckpt.get("n_train_cases"),
                 "val_dice_per_label": ckpt.get("val_dice_per_label"),
+                "postprocessing": (ckpt.get("postprocessing") or {}).get("largest_component_labels", []),
             }
             info["plan"] = ckpt.get("plan")
         return info
+
+    def validation_score(self) -> float | None:
+        """Mean validation Dice over labels of the current weights, or None without weights."""
+        ckpt = self.store.load()
+        dice = (ckpt or {}).get("val_dice_per_label")
+        return float(np.mean(list(dice.values()))) if dice else None
 
     def predictor(self) -> tuple[Predictor, dict]:
         """The predictor for the current weights; rebuilt when new weights were published."""
@@ -75,30 +115,83 @@ class MedSegInferTask(InferTask):
                 logger.info("%s: loaded weights version %s", self.spec.name, ckpt.get("version"))
             return self._predictor[1], ckpt
 
-    def __call__(self, request):
-        image_path = request.get("image")
-        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
-            raise UnknownImageError(
-                f"image {request.get('image')!r} is not in the datastore; list images with GET /datastore/?output=all"
-            )
-        volume = read_volume(image_path)
+    def predict(self, volume, tta, probabilities):
         predictor, ckpt = self.predictor()
-        tta = _flag(request.get("tta", self._config.get("tta", False)))
-        want_probs = _flag(request.get("probabilities", False))
-        with torch.inference_mode():
-            prediction = predictor(volume, tta=tta, probabilities=want_probs)
-        fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix=f"{self.spec.name}_")
-        os.close(fd)
-        if want_probs:
-            # Softmax per class as a 4D volume (x, y, z, class) on the image grid.
-            write_like(out_path, prediction.probabilities, volume, dtype=np.float32)
-        else:
-            write_like(out_path, prediction.labels, volume)
-        return out_path, {
-            "label_names": dict(self.labels),
-            "latencies": prediction.latencies_s,
-            "model": self.spec.name,
-            "model_version": ckpt.get("version"),
-            "tta": tta,
-            "output": "probabilities" if want_probs else "labels",
-        }
+        prediction = predictor(volume, tta=tta, probabilities=probabilities)
+        return prediction, {"model": self.spec.name, "model_version": ckpt.get("version")}
+
+
+class EnsembleInferTask(VolumeInferTask):
+    """Average of the members' softmax outputs on the image grid, then argmax.
+
+    Members are the models that have weights when the request comes; each runs
+    its own plan, so models trained at different resolutions ensemble correctly.
+    """
+
+    def __init__(self, members: list[MedSegInferTask], labels: dict[str, int], tta: bool):
+        super().__init__(type=InferType.SEGMENTATION, labels=dict(labels), dimension=3,
+                         description="Ensemble: mean softmax of every model that has weights",
+                         config={"tta": tta})
+        self.members = members
+
+    def ready_members(self) -> list[MedSegInferTask]:
+        return [m for m in self.members if m.is_valid()]
+
+    def is_valid(self) -> bool:
+        return len(self.ready_members()) >= 1
+
+    def info(self):
+        info = super().info()
+        info["members"] = [m.spec.name for m in self.ready_members()]
+        return info
+
+    def predict(self, volume, tta, probabilities):
+        members = self.ready_members()
+        if not members:
+            raise UnknownImageError("no model has weights yet; train one first")
+        total, latencies, versions = None, {}, {}
+        for member in members:
+            prediction, meta = member.predict(volume, tta, probabilities=True)
+            total = prediction.probabilities if total is None else total + prediction.probabilities
+            latencies[member.spec.name] = prediction.latencies_s
+            versions[member.spec.name] = meta["model_version"]
+        mean = total / len(members)
+        labels = mean.argmax(-1).astype(np.uint8)
+        latencies["total"] = round(sum(v["total"] for v in latencies.values()), 3)
+        prediction = Prediction(labels=labels, latencies_s=latencies, probabilities=mean if probabilities else None)
+        return prediction, {"model": "ensemble", "members": versions}
+
+
+class AutoInferTask(VolumeInferTask):
+    """The single model with the best validation Dice (mean over labels) answers.
+
+    Ties go to the model listed first in the model table. Validation scores come
+    from the weights' own records; models trained on this datastore share its
+    persistent validation split.
+    """
+
+    def __init__(self, members: list[MedSegInferTask], labels: dict[str, int], tta: bool):
+        super().__init__(type=InferType.SEGMENTATION, labels=dict(labels), dimension=3,
+                         description="Best model by validation Dice", config={"tta": tta})
+        self.members = members
+
+    def choose(self) -> MedSegInferTask | None:
+        scored = [(m.validation_score(), -i, m) for i, m in enumerate(self.members) if m.is_valid()]
+        scored = [s for s in scored if s[0] is not None]
+        return max(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
+
+    def is_valid(self) -> bool:
+        return self.choose() is not None
+
+    def info(self):
+        info = super().info()
+        chosen = self.choose()
+        info["chosen"] = chosen.spec.name if chosen else None
+        return info
+
+    def predict(self, volume, tta, probabilities):
+        chosen = self.choose()
+        if chosen is None:
+            raise UnknownImageError("no model has validated weights yet; train one first")
+        prediction, meta = chosen.predict(volume, tta, probabilities)
+        return prediction, {**meta, "chosen_by": "validation dice"}
