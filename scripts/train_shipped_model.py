@@ -35,6 +35,16 @@ REPO = Path(__file__).resolve().parents[1]
 from medseg.data.pseudo_subjects import SEED_HELDOUT as TEST_SEED, SEED_TRAIN as TRAIN_SEED
 
 
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def evaluate(predictor: Predictor, pairs: list[dict]) -> dict:
     per_case = {}
     for d in pairs:
@@ -76,9 +86,10 @@ def main(argv=None) -> None:
     test_pairs = [{"image": str(p), "label": str(test_dir / "labels" / p.name)}
                   for p in sorted((test_dir / "images").glob("*.nii.gz"))[: args.n_test]]
 
+    planning = {"gpu_memory_budget_gb": args.memory_budget_gb, "base_features": args.base_features,
+                "max_features": args.max_features, "max_stages": args.max_stages, **spec.planning}
     plan = make_plan(fingerprint_files(pairs), TISSUE_LABELS, modality="MR", spatial_dims=spec.spatial_dims,
-                     gpu_memory_budget_gb=args.memory_budget_gb, base_features=args.base_features,
-                     max_features=args.max_features, max_stages=args.max_stages)
+                     **planning)
     print("plan:", plan.to_json(), flush=True)
     config = TrainConfig(max_iterations=args.iterations, batch_size=args.batch_size,
                          learning_rate=args.learning_rate, log_every=20)
@@ -112,7 +123,7 @@ def main(argv=None) -> None:
         "training": {"iterations": result.iterations, "batch_size": config.batch_size,
                      "learning_rate": config.learning_rate, "seconds": round(result.seconds, 1),
                      "final_loss": round(result.final_loss, 4)},
-        "hardware": {"device": str(device), "cpu": platform.processor() or platform.machine(),
+        "hardware": {"device": str(device), "cpu": cpu_name(),
                      "threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "versions": {"medseg": medseg.__version__, "torch": torch.__version__, "python": sys.version.split()[0]},
@@ -130,8 +141,7 @@ def main(argv=None) -> None:
         "train_config": config.__dict__,
         "val_dice_per_label": result.val_dice_per_label,
         "postprocessing": result.postprocessing,
-        "planning": {"gpu_memory_budget_gb": args.memory_budget_gb, "base_features": args.base_features,
-                     "max_features": args.max_features, "max_stages": args.max_stages},
+        "planning": planning,
         "version": 1,
         "trained_on": card["data"],
         "n_train_cases": len(train_idx),

@@ -12,6 +12,7 @@ from torch import nn
 
 from medseg.networks.nnformer import NnFormer
 from medseg.networks.resenc_unet import ResEncUNet
+from medseg.networks.slicewise import SliceWise
 from medseg.networks.swin_unet import SwinUNet
 from medseg.networks.unet import UNet
 from medseg.networks.vnet import VNet
@@ -25,6 +26,12 @@ TRANSFORMER_FEATURES = (24, 48, 96, 192)
 def build_unet(plan: Plan) -> nn.Module:
     return UNet(plan.spatial_dims, 1, plan.n_classes, features=plan.features,
                 kernel_sizes=plan.kernel_sizes, strides=plan.strides, deep_supervision=True)
+
+
+def build_unet2d(plan: Plan) -> nn.Module:
+    net = UNet(2, 1, plan.n_classes, features=plan.features, kernel_sizes=plan.kernel_sizes,
+               strides=plan.strides, deep_supervision=True)
+    return SliceWise(net, plan.slice_axis)
 
 
 def build_resenc_unet(plan: Plan) -> nn.Module:
@@ -71,6 +78,12 @@ MODELS: dict[str, ModelSpec] = {
         "transposed conv up, deep supervision)",
         spatial_dims=3,
         build=build_unet,
+    ),
+    "unet2d": ModelSpec(
+        name="unet2d",
+        description="nnU-Net-style 2D U-Net run slice by slice along the coarsest axis (for anisotropic volumes)",
+        spatial_dims=2,
+        build=build_unet2d,
     ),
     "resenc_unet": ModelSpec(
         name="resenc_unet",

@@ -133,3 +133,25 @@ def test_label_resample_round_trip_stays_within_one_voxel():
         a, b = label == value, back == value
         grown_a, grown_b = ndimage.binary_dilation(a), ndimage.binary_dilation(b)
         assert not (b & ~grown_a).any() and not (a & ~grown_b).any()
+
+
+def test_2d_plan_slices_along_the_coarsest_axis_and_trains_slice_wise():
+    from medseg.models import MODELS
+    from medseg.pipeline.preprocess import PreprocessedCase
+    from medseg.pipeline.training import TrainConfig, train_network
+
+    cases = [CaseFingerprint("a", [1.0, 4.0, 1.0], [40, 10, 36], [1.0])]
+    plan = make_plan(cases, LABELS, spatial_dims=2, gpu_memory_budget_gb=0.01, base_features=4, max_features=8)
+    assert plan.slice_axis == 1 and plan.patch_size_vox[1] == 1 and len(plan.strides[0]) == 2
+    assert not plan.use_cascade
+    rng = np.random.default_rng(0)
+    label = np.zeros((40, 10, 36), np.uint8)
+    label[10:30, :, 8:28] = 1
+    image = (label + rng.normal(0, 0.3, label.shape)).astype(np.float32)[None]
+    case = PreprocessedCase(image, label, label.shape, ((0, 40), (0, 10), (0, 36)), label.shape)
+    net = MODELS["unet2d"].build(plan)
+    result = train_network(net, plan, [case], [case], TrainConfig(max_iterations=30, batch_size=2, log_every=10))
+    assert result.val_dice_per_label["a"] > 0.8
+    probs = predict_probabilities(net, torch.from_numpy(image), plan.patch_size_vox, mirror=True)
+    assert probs.shape == (2, 40, 10, 36)
+    assert len(mirror_axes_subsets(3, plan.patch_size_vox)) == 4

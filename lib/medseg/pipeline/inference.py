@@ -16,9 +16,13 @@ WINDOW_OVERLAP = 0.5
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
-def mirror_axes_subsets(spatial_dims: int) -> list[tuple[int, ...]]:
-    """All subsets of the spatial axes (as tensor dims of a (B, C, *spatial) batch)."""
-    axes = [2 + a for a in range(spatial_dims)]
+def mirror_axes_subsets(spatial_dims: int, patch_size=None) -> list[tuple[int, ...]]:
+    """All subsets of the spatial axes (as tensor dims of a (B, C, *spatial) batch).
+
+    Axes where the patch is a single voxel (the slice axis of a 2D model) are not
+    mirrored: 2D models get nnU-Net's 4 in-plane flips.
+    """
+    axes = [2 + a for a in range(spatial_dims) if patch_size is None or patch_size[a] > 1]
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
@@ -36,7 +40,7 @@ def predict_probabilities(
     network.eval()
     batch = image[None].to(device)
     use_amp = device.type == "cuda"
-    subsets = mirror_axes_subsets(len(patch_size)) if mirror else [()]
+    subsets = mirror_axes_subsets(len(patch_size), patch_size) if mirror else [()]
     total = None
     for axes in subsets:
         x = torch.flip(batch, axes) if axes else batch

@@ -64,6 +64,7 @@ class Plan:
     estimated_memory_gb: float = 0.0
     use_cascade: bool = False
     n_training_cases: int = 0
+    slice_axis: int | None = None  # 2D plans: the axis slices are taken along (patch size 1 there)
 
     @property
     def n_classes(self) -> int:
@@ -195,12 +196,29 @@ def make_plan(
     median_shape = [int(round(x)) for x in np.median(shapes_at_target, axis=0)]
     max_features = max_features or (320 if spatial_dims == 3 else 512)
     budget = gpu_memory_budget_gb * 1024**3
-    patch, kernels, strides, features, mem = plan_patch_and_topology(
-        median_shape, spacing, budget, base_features, max_features, max_stages
-    )
-    if patch_divisor > 1:
-        patch = [max(patch_divisor, p // patch_divisor * patch_divisor) for p in patch]
-    batch = max(2, int(budget // max(estimate_memory_bytes(patch, strides, features, 1), 1)))
+    slice_axis = None
+    if spatial_dims == 2:
+        # Slices along the coarsest axis (the first one when isotropic); the 2D patch and
+        # topology are planned in-plane, and the 3D patch has size 1 along the slice axis.
+        slice_axis = int(np.argmax(spacing))
+        inplane = [a for a in range(3) if a != slice_axis]
+        patch2d, kernels, strides, features, mem = plan_patch_and_topology(
+            [median_shape[a] for a in inplane], [spacing[a] for a in inplane], budget, base_features,
+            max_features, max_stages
+        )
+        if patch_divisor > 1:
+            patch2d = [max(patch_divisor, p // patch_divisor * patch_divisor) for p in patch2d]
+        network_patch = patch2d
+        patch = list(patch2d)
+        patch.insert(slice_axis, 1)
+    else:
+        patch, kernels, strides, features, mem = plan_patch_and_topology(
+            median_shape, spacing, budget, base_features, max_features, max_stages
+        )
+        if patch_divisor > 1:
+            patch = [max(patch_divisor, p // patch_divisor * patch_divisor) for p in patch]
+        network_patch = patch
+    batch = max(2, int(budget // max(estimate_memory_bytes(network_patch, strides, features, 1), 1)))
     # nnU-Net caps the batch so that one batch covers at most 5% of the dataset's voxels.
     dataset_vox = float(np.sum(np.prod(shapes_at_target, axis=1)))
     batch = int(max(2, min(batch, math.floor(0.05 * dataset_vox / np.prod(patch)))))
@@ -219,9 +237,10 @@ def make_plan(
         strides=strides,
         normalization="ct" if modality.upper() == "CT" else "zscore_per_image",
         gpu_memory_budget_gb=gpu_memory_budget_gb,
-        estimated_memory_gb=round(estimate_memory_bytes(patch, strides, features, batch) / 1024**3, 3),
-        use_cascade=bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
+        estimated_memory_gb=round(estimate_memory_bytes(network_patch, strides, features, batch) / 1024**3, 3),
+        use_cascade=spatial_dims == 3 and bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
         n_training_cases=len(cases),
+        slice_axis=slice_axis,
     )
     if plan.normalization == "ct" and fg.size > 1:
         lo, hi = np.percentile(fg, [0.5, 99.5])

@@ -234,6 +234,20 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+def augment_batch(images, labels, gen, references, slice_axis: int | None):
+    """Augment each sample; 2D plans augment the in-plane slice (the slice axis has size 1)."""
+    out_images, out_labels = [], []
+    for img, lab in zip(images, labels):
+        if slice_axis is not None:
+            img, lab = img.squeeze(1 + slice_axis), lab.squeeze(slice_axis)
+        img, lab = augment_sample(img, lab, gen, references)
+        if slice_axis is not None:
+            img, lab = img.unsqueeze(1 + slice_axis), lab.unsqueeze(slice_axis)
+        out_images.append(img)
+        out_labels.append(lab)
+    return torch.stack(out_images), torch.stack(out_labels)
+
+
 def poly_lr(initial: float, iteration: int, max_iterations: int, exponent: float) -> float:
     return initial * (1 - iteration / max_iterations) ** exponent
 
@@ -275,9 +289,7 @@ def train_network(
             group["lr"] = lr
         images, labels = sampler.batch(batch_size)
         if config.augment:
-            pairs = [augment_sample(images[b], labels[b], gen, references) for b in range(batch_size)]
-            images = torch.stack([p[0] for p in pairs])
-            labels = torch.stack([p[1] for p in pairs])
+            images, labels = augment_batch(images, labels, gen, references, plan.slice_axis)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
