@@ -155,3 +155,21 @@ def test_2d_plan_slices_along_the_coarsest_axis_and_trains_slice_wise():
     probs = predict_probabilities(net, torch.from_numpy(image), plan.patch_size_vox, mirror=True)
     assert probs.shape == (2, 40, 10, 36)
     assert len(mirror_axes_subsets(3, plan.patch_size_vox)) == 4
+
+
+def test_preprocessed_cases_are_cached_on_disk_and_memory_mapped(tmp_path):
+    import nibabel as nib
+
+    from medseg.pipeline.training import load_preprocessed
+
+    image = np.zeros((20, 20, 20), np.float32)
+    image[4:16, 4:16, 4:16] = 50 + np.random.default_rng(0).normal(0, 5, (12, 12, 12))
+    label = (image > 50).astype(np.uint8)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "img.nii.gz")
+    nib.save(nib.Nifti1Image(label, np.eye(4)), tmp_path / "lab.nii.gz")
+    plan = tiny_plan()
+    first = load_preprocessed(str(tmp_path / "img.nii.gz"), str(tmp_path / "lab.nii.gz"), plan, tmp_path / "cache")
+    again = load_preprocessed(str(tmp_path / "img.nii.gz"), str(tmp_path / "lab.nii.gz"), plan, tmp_path / "cache")
+    assert isinstance(again.image, np.memmap) and isinstance(again.label, np.memmap)
+    assert np.array_equal(first.image, again.image) and np.array_equal(first.label, again.label)
+    assert again.bbox == first.bbox and len(again.foreground_vox) == int((first.label > 0).sum())

@@ -28,6 +28,7 @@ class PreprocessedCase:
     original_shape: tuple[int, ...]
     bbox: tuple[tuple[int, int], ...]  # crop box in original voxels, [start, stop)
     cropped_shape: tuple[int, ...]
+    foreground_vox: np.ndarray | None = None  # (N, 3) sample of foreground coordinates, for patch sampling
 
 
 def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -89,28 +90,57 @@ def _cache_key(image_path: str, label_path: str, plan: Plan) -> str:
     return h.hexdigest()[:20]
 
 
+FOREGROUND_SAMPLES_PER_CASE = 20000
+
+
+def foreground_voxels(label: np.ndarray, rng=None) -> np.ndarray:
+    """Up to FOREGROUND_SAMPLES_PER_CASE foreground coordinates (what foreground sampling needs)."""
+    coords = np.argwhere(np.asarray(label) > 0).astype(np.int32)
+    if len(coords) > FOREGROUND_SAMPLES_PER_CASE:
+        rng = rng or np.random.default_rng(0)
+        coords = coords[rng.choice(len(coords), FOREGROUND_SAMPLES_PER_CASE, replace=False)]
+    return coords
+
+
 def load_preprocessed(image_path: str, label_path: str, plan: Plan, cache_dir: Path | None) -> PreprocessedCase:
-    """Preprocess one labeled case, reusing an on-disk cache (arrays on disk, not all in RAM)."""
-    cache_file = None
+    """Preprocess one labeled case once and keep it on disk as .npy files.
+
+    Cached arrays are opened memory-mapped, so a training run holds in RAM only the
+    patches it reads, not the whole dataset (100 CT volumes do not need 100 GB).
+    """
+    case_dir = None
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cache_file = cache_dir / f"{_cache_key(image_path, label_path, plan)}.npz"
-        if cache_file.exists():
-            with np.load(cache_file) as z:
-                return PreprocessedCase(
-                    image=z["image"], label=z["label"], original_shape=tuple(z["original_shape"]),
-                    bbox=tuple(map(tuple, z["bbox"])), cropped_shape=tuple(z["cropped_shape"]),
-                )
+        case_dir = Path(cache_dir) / _cache_key(image_path, label_path, plan)
+        if (case_dir / "meta.json").exists():
+            meta = json.loads((case_dir / "meta.json").read_text())
+            return PreprocessedCase(
+                image=np.load(case_dir / "image.npy", mmap_mode="r"),
+                label=np.load(case_dir / "label.npy", mmap_mode="r"),
+                original_shape=tuple(meta["original_shape"]),
+                bbox=tuple(tuple(b) for b in meta["bbox"]),
+                cropped_shape=tuple(meta["cropped_shape"]),
+                foreground_vox=np.load(case_dir / "foreground.npy"),
+            )
     image = read_volume(image_path)
     label = read_volume(label_path, dtype=np.float32)
     if label.shape != image.shape:
         raise MedSegInputError(f"label {os.path.basename(label_path)} does not match its image's size")
     case = preprocess(image.array, image.spacing_mm, plan, np.rint(label.array).astype(np.uint8))
-    if cache_file is not None:
-        tmp = cache_file.with_name(cache_file.stem + ".tmp.npz")
-        np.savez(tmp, image=case.image, label=case.label, original_shape=case.original_shape,
-                 bbox=np.array(case.bbox), cropped_shape=case.cropped_shape)
-        os.replace(tmp, cache_file)
+    case.foreground_vox = foreground_voxels(case.label)
+    if case_dir is not None:
+        tmp = case_dir.with_name(case_dir.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "image.npy", case.image)
+        np.save(tmp / "label.npy", case.label)
+        np.save(tmp / "foreground.npy", case.foreground_vox)
+        (tmp / "meta.json").write_text(json.dumps({
+            "original_shape": list(case.original_shape), "bbox": [list(b) for b in case.bbox],
+            "cropped_shape": list(case.cropped_shape), "image": os.path.realpath(image_path),
+        }))
+        try:
+            os.replace(tmp, case_dir)  # atomic publish of the whole case folder
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process cached it first
     return case
 
 
@@ -158,7 +188,8 @@ class PatchSampler:
         self.patch = list(patch)
         self.fg_fraction = foreground_fraction
         self.rng = np.random.default_rng(seed)
-        self.fg_index = [np.argwhere(c.label > 0) for c in cases]
+        self.fg_index = [c.foreground_vox if c.foreground_vox is not None else foreground_voxels(c.label)
+                         for c in cases]
 
     def _crop(self, case: PreprocessedCase, center=None):
         shape = case.image.shape[1:]
@@ -215,7 +246,8 @@ def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> tupl
     """Mean Dice per label over validation cases at the plan's resolution, and the predictions."""
     preds = []
     for case in cases:
-        probs = predict_probabilities(network, torch.from_numpy(case.image), plan.patch_size_vox, device=device)
+        probs = predict_probabilities(network, torch.from_numpy(np.array(case.image)), plan.patch_size_vox,
+                                      device=device)
         preds.append(probs.argmax(0).numpy().astype(np.uint8))
     return mean_dice_per_label(preds, [c.label for c in cases], plan.labels), preds
 
@@ -274,7 +306,7 @@ def train_network(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    references = [intensity_quantiles(c.image) for c in train_cases] if config.augment else []
+    references = [intensity_quantiles(np.array(c.image)) for c in train_cases] if config.augment else []
     batch_size = config.batch_size or plan.batch_size
     start = time.time()
     history = []
