@@ -68,7 +68,8 @@ class MedSegApp(MONAILabelApp):
     def init_trainers(self):
         return {
             spec.name: MedSegTrainTask(
-                spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device, self.cfg.modality
+                spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device, self.cfg.modality,
+                self.cfg.gpu_memory_gb,
             )
             for spec in self.cfg.models
         }

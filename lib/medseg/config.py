@@ -29,10 +29,11 @@ class AppConfig:
     shipped_model_dir: Path
     tta: bool  # default for infer requests that do not say
     modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
+    gpu_memory_gb: float  # planning budget for patch and batch size of plans made from the data
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
-        known = {"models", "labels", "device", "work_dir", "tta", "modality"}
+        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb"}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             try:
@@ -55,6 +56,12 @@ class AppConfig:
         modality = str(conf.get("modality", "MR")).upper()
         if modality not in ("MR", "CT"):
             raise ConfigError(f"--conf modality must be MR or CT, got {conf['modality']!r}")
+        try:
+            gpu_memory_gb = float(conf.get("gpu_memory_gb", 8.0))
+        except ValueError as e:
+            raise ConfigError(f"--conf gpu_memory_gb must be a number, got {conf['gpu_memory_gb']!r}") from e
+        if gpu_memory_gb <= 0:
+            raise ConfigError("--conf gpu_memory_gb must be positive")
         unknown = sorted(set(conf) - known)
         if unknown:
             import logging
@@ -68,4 +75,5 @@ class AppConfig:
             shipped_model_dir=Path(app_dir) / "model",
             tta=_bool("tta", conf.get("tta", "false")),
             modality=modality,
+            gpu_memory_gb=gpu_memory_gb,
         )

@@ -41,7 +41,7 @@ def plans_differ(a: Plan, b: Plan) -> bool:
 
 class MedSegTrainTask(TrainTask):
     def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
-                 modality: str = "MR"):
+                 modality: str = "MR", gpu_memory_gb: float = 8.0):
         super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
         self.spec = spec
         self.store = store
@@ -49,6 +49,7 @@ class MedSegTrainTask(TrainTask):
         self.work_dir = Path(work_dir)
         self.device = device
         self.modality = modality
+        self.gpu_memory_gb = gpu_memory_gb
         self.progress_path = self.work_dir / spec.name / "train_progress.json"
 
     def config(self):
@@ -76,7 +77,7 @@ class MedSegTrainTask(TrainTask):
         REPLAN_SPACING_CHANGE off on some axis); training then starts from scratch, since
         weights learned at another resolution or intensity scale do not transfer.
         """
-        planning = dict(self.spec.planning)
+        planning = {"gpu_memory_budget_gb": self.gpu_memory_gb, **self.spec.planning}
         if parent is not None:
             planning.update(parent.get("planning") or {})
         if parent is None or force_replan or len(datalist) >= MIN_CASES_TO_REPLAN:

@@ -1,0 +1,32 @@
+import pytest
+
+from medseg.config import AppConfig
+from medseg.errors import ConfigError
+
+
+def test_defaults_and_work_dir_beside_local_studies(tmp_path):
+    cfg = AppConfig.from_conf({}, str(tmp_path / "studies"), str(tmp_path / "app"))
+    assert cfg.work_dir == tmp_path / "studies" / ".medseg"
+    assert cfg.device == "auto" and cfg.tta is False and cfg.modality == "MR" and cfg.gpu_memory_gb == 8.0
+    assert cfg.labels == {"grey_matter": 1, "white_matter": 2}
+
+
+def test_remote_studies_get_a_work_dir_in_the_app(tmp_path):
+    cfg = AppConfig.from_conf({}, "http://127.0.0.1:8042/dicom-web", str(tmp_path))
+    assert cfg.work_dir.parent == tmp_path / "work"
+
+
+@pytest.mark.parametrize("conf", [
+    {"device": "tpu"}, {"tta": "maybe"}, {"modality": "PET"}, {"gpu_memory_gb": "-1"},
+    {"labels": '{"a": 2}'}, {"labels": "not json"}, {"models": "unet3d,nope"},
+])
+def test_invalid_conf_is_refused_with_a_clear_error(conf, tmp_path):
+    with pytest.raises(ConfigError):
+        AppConfig.from_conf(conf, str(tmp_path), str(tmp_path))
+
+
+def test_parsed_values(tmp_path):
+    cfg = AppConfig.from_conf({"labels": '{"liver": 1, "tumour": 2}', "tta": "true", "modality": "ct",
+                               "models": "unet3d", "gpu_memory_gb": "24"}, str(tmp_path), str(tmp_path))
+    assert cfg.labels == {"liver": 1, "tumour": 2} and cfg.tta and cfg.modality == "CT"
+    assert [m.name for m in cfg.models] == ["unet3d"] and cfg.gpu_memory_gb == 24.0
