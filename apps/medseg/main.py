@@ -61,15 +61,17 @@ class MedSegApp(MONAILabelApp):
             for spec in self.cfg.models
         }
         members = list(infers.values())
-        infers["ensemble"] = EnsembleInferTask(members, self.cfg.labels, self.cfg.tta)
-        infers["auto"] = AutoInferTask(members, self.cfg.labels, self.cfg.tta)
+        ensemble = EnsembleInferTask(members, self.cfg.labels, self.cfg.tta)
+        infers["ensemble"] = ensemble
+        infers["auto"] = AutoInferTask(members, self.cfg.labels, self.cfg.tta, ensemble, self.cfg.work_dir)
         return infers
 
     def init_trainers(self):
+        peers = [(spec, self.stores[spec.name]) for spec in self.cfg.models]
         return {
             spec.name: MedSegTrainTask(
                 spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device, self.cfg.modality,
-                self.cfg.gpu_memory_gb,
+                self.cfg.gpu_memory_gb, peers,
             )
             for spec in self.cfg.models
         }

@@ -63,3 +63,41 @@ def test_auto_picks_best_validation_dice_and_first_on_tie(members):
     # A model without weights is never chosen.
     members[0].store.runtime_path.unlink()
     assert auto.choose().spec.name == "resenc_unet"
+
+
+def test_best_choice_prefers_single_models_on_a_tie():
+    from medseg.selection import best_choice
+
+    sel = {"versions": {"unet3d": 1, "vnet": 2},
+           "val_dice_per_label": {"unet3d": {"a": 0.8}, "vnet": {"a": 0.85}, "ensemble": {"a": 0.85}}}
+    assert best_choice(sel) == "vnet"
+    sel["val_dice_per_label"]["ensemble"] = {"a": 0.9}
+    assert best_choice(sel) == "ensemble"
+    assert best_choice({"versions": {}, "val_dice_per_label": {}}) is None
+
+
+def test_selection_after_training_decides_auto_while_weights_match(members, tmp_path):
+    import nibabel as nib
+
+    from medseg.selection import evaluate_models, save_selection
+
+    vol = volume()
+    nib.save(nib.Nifti1Image(vol.array, vol.affine), tmp_path / "v.nii.gz")
+    truth = (vol.array > 90).astype(np.uint8)
+    nib.save(nib.Nifti1Image(truth, vol.affine), tmp_path / "v_label.nii.gz")
+    peers = [(m.spec, m.store) for m in members]
+    selection = evaluate_models(peers, [{"image": str(tmp_path / "v.nii.gz"),
+                                         "label": str(tmp_path / "v_label.nii.gz")}], LABELS, "cpu")
+    assert set(selection["val_dice_per_label"]) == {"unet3d", "resenc_unet", "ensemble"}
+    assert selection["versions"] == {"unet3d": 1, "resenc_unet": 1}
+    # Make the recorded selection favour the ensemble: auto follows it.
+    selection["val_dice_per_label"]["ensemble"] = {"grey_matter": 1.0, "white_matter": 1.0}
+    save_selection(tmp_path / "work", selection)
+    ensemble = EnsembleInferTask(members, LABELS, tta=False)
+    auto = AutoInferTask(members, LABELS, False, ensemble, tmp_path / "work")
+    assert auto.choose() is ensemble
+    # New weights for one member make the record stale: back to the weights' own records.
+    ckpt = torch.load(members[0].store.runtime_path, weights_only=False)
+    ckpt["version"] = 2
+    save_checkpoint(members[0].store.runtime_path, ckpt)
+    assert auto.choose().spec.name == "resenc_unet"

@@ -16,6 +16,7 @@ from medseg.imageio import read_volume, write_like
 from medseg.models import ModelSpec
 from medseg.pipeline.predictor import Prediction, Predictor
 from medseg.pipeline.training import pick_device
+from medseg.selection import best_choice, load_selection
 
 logger = logging.getLogger(__name__)
 
@@ -163,19 +164,39 @@ class EnsembleInferTask(VolumeInferTask):
 
 
 class AutoInferTask(VolumeInferTask):
-    """The single model with the best validation Dice (mean over labels) answers.
+    """The best model by validation Dice (mean over labels) answers.
 
-    Ties go to the model listed first in the model table. Validation scores come
-    from the weights' own records; models trained on this datastore share its
-    persistent validation split.
+    After a training run on this datastore, all models with weights and their
+    ensemble were scored on its validation split (medseg.selection); that record
+    decides while it matches the current weights (a single model beats the
+    ensemble on a tie). Otherwise each model's own validation record decides
+    among single models, ties going to the model listed first in the table.
     """
 
-    def __init__(self, members: list[MedSegInferTask], labels: dict[str, int], tta: bool):
+    def __init__(self, members: list[MedSegInferTask], labels: dict[str, int], tta: bool,
+                 ensemble: "EnsembleInferTask | None" = None, work_dir=None):
         super().__init__(type=InferType.SEGMENTATION, labels=dict(labels), dimension=3,
                          description="Best model by validation Dice", config={"tta": tta})
         self.members = members
+        self.ensemble = ensemble
+        self.work_dir = work_dir
 
-    def choose(self) -> MedSegInferTask | None:
+    def _from_selection(self) -> "VolumeInferTask | None":
+        selection = load_selection(self.work_dir) if self.work_dir else None
+        if not selection:
+            return None
+        current = {m.spec.name: (m.store.load() or {}).get("version") for m in self.members if m.is_valid()}
+        if selection.get("versions") != current:
+            return None  # weights changed since the selection was made
+        best = best_choice(selection)
+        if best == "ensemble":
+            return self.ensemble
+        return next((m for m in self.members if m.spec.name == best), None)
+
+    def choose(self) -> "VolumeInferTask | None":
+        chosen = self._from_selection()
+        if chosen is not None:
+            return chosen
         scored = [(m.validation_score(), -i, m) for i, m in enumerate(self.members) if m.is_valid()]
         scored = [s for s in scored if s[0] is not None]
         return max(scored, key=lambda s: (s[0], s[1]))[2] if scored else None
@@ -186,7 +207,7 @@ class AutoInferTask(VolumeInferTask):
     def info(self):
         info = super().info()
         chosen = self.choose()
-        info["chosen"] = chosen.spec.name if chosen else None
+        info["chosen"] = None if chosen is None else "ensemble" if chosen is self.ensemble else chosen.spec.name
         return info
 
     def predict(self, volume, tta, probabilities):

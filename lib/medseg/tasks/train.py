@@ -19,6 +19,7 @@ from medseg.errors import MedSegInputError
 from medseg.models import ModelSpec
 from medseg.pipeline.fingerprint import fingerprint_files
 from medseg.pipeline.plan import Plan, make_plan
+from medseg.selection import evaluate_models, save_selection
 from medseg.pipeline.training import TrainConfig, load_preprocessed, persistent_split, train_network
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,8 @@ def plans_differ(a: Plan, b: Plan) -> bool:
 
 class MedSegTrainTask(TrainTask):
     def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
-                 modality: str = "MR", gpu_memory_gb: float = 8.0):
+                 modality: str = "MR", gpu_memory_gb: float = 8.0,
+                 peers: list[tuple[ModelSpec, ModelStore]] | None = None):
         super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
         self.spec = spec
         self.store = store
@@ -50,6 +52,7 @@ class MedSegTrainTask(TrainTask):
         self.device = device
         self.modality = modality
         self.gpu_memory_gb = gpu_memory_gb
+        self.peers = peers or []  # every served model, for the model selection after training
         self.progress_path = self.work_dir / spec.name / "train_progress.json"
 
     def config(self):
@@ -68,6 +71,12 @@ class MedSegTrainTask(TrainTask):
         tmp = self.progress_path.with_name(f".{self.progress_path.name}.tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.progress_path)
+
+    def update_model_selection(self, val_pairs: list[dict], device: str) -> None:
+        """Score every model with weights, and their ensemble, on this datastore's validation split."""
+        selection = evaluate_models(self.peers, val_pairs, self.labels, device)
+        save_selection(self.work_dir, selection)
+        logger.info("model selection on %d validation images: %s", len(val_pairs), selection["val_dice_per_label"])
 
     def choose_plan(self, parent: dict | None, datalist: list[dict], force_replan: bool = False):
         """Keep the weights' plan (and fine-tune) unless the labeled data calls for another.
@@ -141,6 +150,8 @@ class MedSegTrainTask(TrainTask):
             # Keep the weights we replace, for rollback.
             shutil.copy2(self.store.runtime_path, self.store.runtime_path.with_name(f"model.v{version - 1}.pt"))
         path = self.store.publish(checkpoint)
+        if self.peers:
+            self.update_model_selection([datalist[i] for i in val_idx], config.device)
         state.update({"status": "DONE", "version": version, "val_dice_per_label": result.val_dice_per_label,
                       "finished_at": checkpoint["trained_at"], "seconds": round(result.seconds, 1)})
         self._write_progress(state)
