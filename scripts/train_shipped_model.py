@@ -66,7 +66,7 @@ def main(argv=None) -> None:
     ap.add_argument("--n-train", type=int, default=12)
     ap.add_argument("--n-test", type=int, default=3)
     ap.add_argument("--iterations", type=int, default=600)
-    ap.add_argument("--learning-rate", type=float, default=0.01)
+    ap.add_argument("--learning-rate", type=float, default=None, help="default: the model's training default")
     ap.add_argument("--base-features", type=int, default=8)
     ap.add_argument("--max-features", type=int, default=64)
     ap.add_argument("--max-stages", type=int, default=5)
@@ -91,8 +91,10 @@ def main(argv=None) -> None:
     plan = make_plan(fingerprint_files(pairs), TISSUE_LABELS, modality="MR", spatial_dims=spec.spatial_dims,
                      **planning)
     print("plan:", plan.to_json(), flush=True)
-    config = TrainConfig(max_iterations=args.iterations, batch_size=args.batch_size,
-                         learning_rate=args.learning_rate, log_every=20)
+    overrides = dict(spec.training)
+    if args.learning_rate is not None:
+        overrides["learning_rate"] = args.learning_rate
+    config = TrainConfig(max_iterations=args.iterations, batch_size=args.batch_size, log_every=20, **overrides)
     train_idx, val_idx = split_train_val(names, config.val_fraction, config.val_max_cases, config.seed)
     cases = [load_preprocessed(d["image"], d["label"], plan, work / "cache") for d in pairs]
     network = spec.build(plan)
@@ -121,7 +123,7 @@ def main(argv=None) -> None:
         "patch_size_vox": plan.patch_size_vox,
         "parameters": n_params,
         "training": {"iterations": result.iterations, "batch_size": config.batch_size,
-                     "learning_rate": config.learning_rate, "seconds": round(result.seconds, 1),
+                     "optimizer": config.optimizer, "learning_rate": config.learning_rate, "seconds": round(result.seconds, 1),
                      "final_loss": round(result.final_loss, 4)},
         "hardware": {"device": str(device), "cpu": cpu_name(),
                      "threads": torch.get_num_threads(),
@@ -168,7 +170,7 @@ def render_card(card: dict) -> str:
 - **Labels**: {', '.join(f'{k} = {v}' for k, v in card['labels'].items())} (0 = background).
 - **Resolution**: target spacing {card['target_spacing_mm']} mm, patch {card['patch_size_vox']} voxels.
 - **Network**: {card['parameters']:,} parameters.
-- **Training budget**: {t['iterations']} iterations, batch {t['batch_size']}, learning rate {t['learning_rate']}, {t['seconds']} s, final loss {t['final_loss']}.
+- **Training budget**: {t['iterations']} iterations, batch {t['batch_size']}, {t.get('optimizer', 'sgd')} with learning rate {t['learning_rate']}, {t['seconds']} s, final loss {t['final_loss']}.
 - **Hardware**: {card['hardware']['device']} ({card['hardware']['cpu']}, {card['hardware']['threads']} threads; GPU: {card['hardware']['gpu']}).
 - **Versions**: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}. Trained {card['trained_at']}.
 

@@ -69,6 +69,7 @@ class ModelSpec:
     build: Callable[[Plan], nn.Module]
     dice_only: bool = False  # V-Net style objective: soft Dice without cross-entropy
     planning: dict = field(default_factory=dict)  # keyword defaults for plan.make_plan
+    training: dict = field(default_factory=dict)  # TrainConfig defaults that differ for this model
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -106,6 +107,9 @@ MODELS: dict[str, ModelSpec] = {
         spatial_dims=3,
         build=build_swin_unet,
         planning={"patch_divisor": 64},
+        # With nnU-Net's SGD recipe, 300 CPU iterations left nnFormer at white-matter Dice 0
+        # (scripts/train_shipped_model.py, 2026-11-29); AdamW converges faster at short budgets.
+        training={"optimizer": "adamw", "learning_rate": 3e-4, "weight_decay": 1e-2},
     ),
     "nnformer": ModelSpec(
         name="nnformer",
@@ -114,6 +118,7 @@ MODELS: dict[str, ModelSpec] = {
         spatial_dims=3,
         build=build_nnformer,
         planning={"patch_divisor": 64},
+        training={"optimizer": "adamw", "learning_rate": 3e-4, "weight_decay": 1e-2},
     ),
 }
 

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 class TrainConfig:
     max_iterations: int = 250
     batch_size: int = 0  # 0: the plan's batch size
+    optimizer: str = "sgd"  # "sgd" (nnU-Net) or "adamw" (the usual choice for transformers)
     learning_rate: float = 0.01
     momentum: float = 0.99
     weight_decay: float = 3e-5
@@ -69,6 +70,8 @@ class TrainConfig:
             raise MedSegInputError("max_iterations must be at least 1")
         if cfg.learning_rate <= 0:
             raise MedSegInputError("learning_rate must be positive")
+        if cfg.optimizer not in ("sgd", "adamw"):
+            raise MedSegInputError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
         return cfg
 
 
@@ -298,10 +301,13 @@ def train_network(
     torch.manual_seed(config.seed)
     network.to(device).train()
     loss_fn = DeepSupervisionLoss(DiceCELoss(use_ce=config.use_ce and not dice_only))
-    optimizer = torch.optim.SGD(
-        network.parameters(), lr=config.learning_rate, momentum=config.momentum,
-        nesterov=True, weight_decay=config.weight_decay,
-    )
+    if config.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(
+            network.parameters(), lr=config.learning_rate, momentum=config.momentum,
+            nesterov=True, weight_decay=config.weight_decay,
+        )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed)

@@ -101,7 +101,7 @@ class MedSegTrainTask(TrainTask):
         return current, parent
 
     def __call__(self, request, datastore):
-        config = TrainConfig.from_request(request, TrainConfig(device=self.device))
+        config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
         datalist = datastore.datalist()
         if not datalist:
             raise MedSegInputError("no image has a final label yet; submit at least one label before training")
