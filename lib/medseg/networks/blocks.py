@@ -16,3 +16,16 @@ def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int]) -> torch.Tensor:
     for size, div in zip(reversed(x.shape[2:]), reversed(divisor)):
         pad += [0, (-size) % div]
     return F.pad(x, pad) if any(pad) else x
+
+
+def stride_product(strides: Sequence[Sequence[int]], start: Sequence[int]) -> list[int]:
+    """Per-axis product of all stage strides, times ``start`` (e.g. ones, or patch x window)."""
+    div = list(start)
+    for s in strides:
+        div = [a * b for a, b in zip(div, s)]
+    return div
+
+
+def check_spatial_dims(x: torch.Tensor, spatial_dims: int) -> None:
+    if x.ndim - 2 != spatial_dims:
+        raise ValueError(f"expected {spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")

@@ -43,7 +43,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import pad_to_multiple
+from medseg.networks.blocks import pad_to_multiple, stride_product
 
 MLP_RATIO = 4.0  # Swin Transformer, section 3.1
 INIT_STD = 0.02  # Swin Transformer's truncated-normal init of linear layers and bias tables
@@ -385,10 +385,7 @@ class SwinUNet(nn.Module):
     @property
     def size_divisor(self) -> list[int]:
         """Per-axis factor every input size is padded up to: patch * window * prod(strides)."""
-        div = [p * w for p, w in zip(self.patch_size, self.window_size)]
-        for s in self.strides:
-            div = [a * b for a, b in zip(div, s)]
-        return div
+        return stride_product(self.strides, [p * w for p, w in zip(self.patch_size, self.window_size)])
 
     def forward(self, x: torch.Tensor):
         spatial = x.shape[2:]

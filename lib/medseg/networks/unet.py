@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import pad_to_multiple
+from medseg.networks.blocks import check_spatial_dims, pad_to_multiple, stride_product
 
 
 def _conv(dims: int):
@@ -128,15 +128,11 @@ class UNet(nn.Module):
     @property
     def size_divisor(self) -> list[int]:
         """Per-axis factor every input size is padded up to."""
-        div = [1] * self.spatial_dims
-        for s in self.strides:
-            div = [d * x for d, x in zip(div, s)]
-        return div
+        return stride_product(self.strides, [1] * self.spatial_dims)
 
     def forward(self, x: torch.Tensor):
         spatial = x.shape[2:]
-        if len(spatial) != self.spatial_dims:
-            raise ValueError(f"expected {self.spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")
+        check_spatial_dims(x, self.spatial_dims)
         x = pad_to_multiple(x, self.size_divisor)
 
         skips = []

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import pad_to_multiple
+from medseg.networks.blocks import check_spatial_dims, pad_to_multiple, stride_product
 
 from medseg.networks.unet import _conv, _norm, _transposed_conv, default_topology
 
@@ -174,15 +174,11 @@ class VNet(nn.Module):
     @property
     def size_divisor(self) -> list[int]:
         """Per-axis factor every input size is padded up to."""
-        div = [1] * self.spatial_dims
-        for s in self.strides:
-            div = [a * b for a, b in zip(div, s)]
-        return div
+        return stride_product(self.strides, [1] * self.spatial_dims)
 
     def forward(self, x: torch.Tensor):
         spatial = x.shape[2:]
-        if len(spatial) != self.spatial_dims:
-            raise ValueError(f"expected {self.spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")
+        check_spatial_dims(x, self.spatial_dims)
         x = self.input_stage(pad_to_multiple(x, self.size_divisor))
         skips = [x]
         for down, stage in zip(self.downsamplers, self.encoder):
