@@ -107,6 +107,7 @@ def test_ct_uses_dataset_foreground_statistics_and_mr_per_image_zscore():
     mr = make_plan(cases, LABELS, modality="MR", gpu_memory_budget_gb=0.05, base_features=4)
     assert ct.normalization == "ct" and mr.normalization == "zscore_per_image"
     assert ct.ct_clip[0] > -100 and ct.ct_clip[1] < 100
+    assert ct.foreground_intensity["percentile_99_5"] == ct.ct_clip[1] and mr.foreground_intensity is not None
     assert abs(ct.ct_mean - 40) < 1 and abs(ct.ct_std - 10) < 1
     image = np.full((8, 8, 8), 40.0, np.float32)
     image[0, 0, 0] = 3000.0

@@ -65,6 +65,8 @@ class Plan:
     use_cascade: bool = False
     n_training_cases: int = 0
     slice_axis: int | None = None  # 2D plans: the axis slices are taken along (patch size 1 there)
+    # Fingerprint summary: foreground intensity statistics sampled from labeled voxels.
+    foreground_intensity: dict | None = None
 
     @property
     def n_classes(self) -> int:
@@ -242,6 +244,10 @@ def make_plan(
         n_training_cases=len(cases),
         slice_axis=slice_axis,
     )
+    if fg.size > 1:
+        p005, p995 = np.percentile(fg, [0.5, 99.5])
+        plan.foreground_intensity = {"mean": float(fg.mean()), "std": float(fg.std()),
+                                     "percentile_00_5": float(p005), "percentile_99_5": float(p995)}
     if plan.normalization == "ct" and fg.size > 1:
         lo, hi = np.percentile(fg, [0.5, 99.5])
         clipped = np.clip(fg, lo, hi)
