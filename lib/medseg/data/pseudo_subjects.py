@@ -145,27 +145,43 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> Non
     os.replace(tmp, path)
 
 
-def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix: str = "subject") -> list[dict]:
-    """Write n subjects as ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz``; skip existing ones."""
+def _write_subject(out_dir: Path, name: str, seed: int, index: int, template=None) -> dict:
+    template = template if template is not None else load_template()
+    image, labels, affine, params = make_subject(*template, seed=seed, index=index)
+    write_nifti(out_dir / "labels" / f"{name}.nii.gz", labels, affine, np.uint8)
+    write_nifti(out_dir / "images" / f"{name}.nii.gz", image, affine, np.float32)
+    return {"name": name, "seed": seed, "index": index, **asdict(params)}
+
+
+def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix: str = "subject",
+             workers: int | None = None) -> list[dict]:
+    """Write n subjects as ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz``; skip existing ones.
+
+    Missing subjects are made in parallel processes (one per core by default); each
+    subject depends only on (seed, index), so the result does not depend on the order.
+    """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
-    template = None
-    records = []
+    records, missing = {}, []
     for index in range(first_index, first_index + n):
         name = f"{prefix}_{index:03d}"
-        image_path = out_dir / "images" / f"{name}.nii.gz"
-        label_path = out_dir / "labels" / f"{name}.nii.gz"
-        if not (image_path.exists() and label_path.exists()):
-            if template is None:
-                template = load_template()
-            image, labels, affine, params = make_subject(*template, seed=seed, index=index)
-            write_nifti(label_path, labels, affine, np.uint8)
-            write_nifti(image_path, image, affine, np.float32)
-            records.append({"name": name, "seed": seed, "index": index, **asdict(params)})
+        if (out_dir / "images" / f"{name}.nii.gz").exists() and (out_dir / "labels" / f"{name}.nii.gz").exists():
+            records[index] = {"name": name, "seed": seed, "index": index}
         else:
-            records.append({"name": name, "seed": seed, "index": index})
-    return records
+            missing.append((name, index))
+    workers = min(len(missing), workers or os.cpu_count() or 1)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            futures = {index: pool.submit(_write_subject, out_dir, name, seed, index) for name, index in missing}
+            records.update({index: f.result() for index, f in futures.items()})
+    elif missing:
+        template = load_template()
+        for name, index in missing:
+            records[index] = _write_subject(out_dir, name, seed, index, template)
+    return [records[i] for i in sorted(records)]
 
 
 def prepare_studies(studies_dir: Path, n: int, seed: int, cache_dir: Path, prefix: str = "subject") -> list[str]:
