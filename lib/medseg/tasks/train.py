@@ -126,8 +126,13 @@ class MedSegTrainTask(TrainTask):
             self._write_progress(state)
             print(json.dumps({"progress": entry}), flush=True)
 
-        result = train_network(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx],
-                               config, progress=progress, dice_only=self.spec.dice_only)
+        try:
+            result = train_network(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx],
+                                   config, progress=progress, dice_only=self.spec.dice_only)
+        except BaseException as e:  # killed or failed: say so, and leave the served weights alone
+            state.update({"status": "ERROR", "error": str(e) or type(e).__name__})
+            self._write_progress(state)
+            raise
         previous = self.store.load()
         version = int(previous.get("version", 0)) + 1 if previous else 1
         checkpoint = {
