@@ -29,3 +29,20 @@ def stride_product(strides: Sequence[Sequence[int]], start: Sequence[int]) -> li
 def check_spatial_dims(x: torch.Tensor, spatial_dims: int) -> None:
     if x.ndim - 2 != spatial_dims:
         raise ValueError(f"expected {spatial_dims} spatial dims, got input of shape {tuple(x.shape)}")
+
+
+def decode(x: torch.Tensor, skips: list[torch.Tensor], upsamplers, decoder, aux_heads, head, spatial,
+           with_aux: bool):
+    """U-Net decoder pass shared by networks whose coarser decoder stages have auxiliary heads.
+
+    ``skips`` holds the encoder outputs above ``x`` (consumed from the end). Returns the
+    full-resolution logits cropped to ``spatial``, or, with ``with_aux``, the list of
+    deep-supervision outputs finest first.
+    """
+    aux = []
+    for level, (up, stage) in enumerate(zip(upsamplers, decoder)):
+        x = stage(torch.cat([up(x), skips.pop()], dim=1))
+        if with_aux and level < len(aux_heads):
+            aux.append(aux_heads[level](x))
+    full = head(x)[(Ellipsis, *(slice(None, s) for s in spatial))]
+    return [full] + aux[::-1] if with_aux else full

@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import check_spatial_dims, pad_to_multiple, stride_product
+from medseg.networks.blocks import check_spatial_dims, decode, pad_to_multiple, stride_product
 
 from medseg.networks.unet import _conv, _norm, _transposed_conv, default_topology
 
@@ -185,14 +185,5 @@ class VNet(nn.Module):
             x = stage(down(x))
             skips.append(x)
         x = skips.pop()
-        with_aux = self.training and self.deep_supervision
-        aux = []
-        for level, (up, stage) in enumerate(zip(self.upsamplers, self.decoder)):
-            x = stage(torch.cat([up(x), skips.pop()], dim=1))
-            if with_aux and level < len(self.aux_heads):
-                aux.append(self.aux_heads[level](x))
-
-        full = self.head(x)[(Ellipsis, *(slice(None, s) for s in spatial))]
-        if with_aux:
-            return [full] + aux[::-1]  # finest first
-        return full
+        return decode(x, skips, self.upsamplers, self.decoder, self.aux_heads, self.head, spatial,
+                      self.training and self.deep_supervision)
