@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,15 +22,15 @@ import numpy as np
 import torch
 
 import medseg
-from medseg.checkpoint import save_checkpoint
+from medseg.checkpoint import ModelStore, save_checkpoint
 from medseg.data.pseudo_subjects import generate
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1, TISSUE_LABELS
 from medseg.imageio import read_volume
 from medseg.models import MODELS
-from medseg.pipeline.fingerprint import fingerprint_files
-from medseg.pipeline.plan import make_plan
+from medseg.pipeline.plan import Plan
 from medseg.pipeline.predictor import Predictor
-from medseg.pipeline.training import TrainConfig, dice_per_label, load_preprocessed, pick_device, split_train_val, train_network
+from medseg.pipeline.training import dice_per_label, pick_device
+from medseg.tasks.train import CascadeTrainTask, MedSegTrainTask
 
 REPO = Path(__file__).resolve().parents[1]
 from medseg.data.pseudo_subjects import SEED_HELDOUT as TEST_SEED, SEED_TRAIN as TRAIN_SEED
@@ -59,13 +60,40 @@ def evaluate(predictor: Predictor, pairs: list[dict]) -> dict:
     return {"mean_dice_per_label": mean, "cases": per_case}
 
 
+class LabeledPairs:
+    """The datastore interface the train task reads: the labeled pairs."""
+
+    def __init__(self, pairs: list[dict]):
+        self.pairs = pairs
+
+    def datalist(self) -> list[dict]:
+        return self.pairs
+
+
+def train_with_task(spec, pairs: list[dict], work: Path, planning: dict, request: dict) -> tuple[dict, dict]:
+    """Train from scratch with the server's own train task; its checkpoint and final progress."""
+    runs = work / "runs"
+    shutil.rmtree(runs / spec.name, ignore_errors=True)  # never fine-tune an earlier run
+    store = ModelStore(spec.name, work / "no-shipped-weights", runs)
+    task_cls = CascadeTrainTask if spec.cascade else MedSegTrainTask
+    task = task_cls(spec, store, TISSUE_LABELS, work / "task", device="auto", modality="MR",
+                    gpu_memory_gb=planning["gpu_memory_budget_gb"], planning=planning)
+    task(request, LabeledPairs(pairs))
+    return store.load(), task.stats()
+
+
+def parameters(spec, checkpoint: dict) -> int:
+    stages = [(MODELS["cascade_lowres"], checkpoint["lowres"]), (spec, checkpoint)] if spec.cascade else [(spec, checkpoint)]
+    return sum(p.numel() for s, c in stages for p in s.network(c).parameters())
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="unet3d", choices=sorted(MODELS))
     ap.add_argument("--work", default=str(REPO / "work" / "shipped-training"))
     ap.add_argument("--n-train", type=int, default=12)
     ap.add_argument("--n-test", type=int, default=3)
-    ap.add_argument("--iterations", type=int, default=600)
+    ap.add_argument("--iterations", type=int, default=600, help="per stage for the cascade")
     ap.add_argument("--learning-rate", type=float, default=None, help="default: the model's training default")
     ap.add_argument("--base-features", type=int, default=8)
     ap.add_argument("--max-features", type=int, default=64)
@@ -87,26 +115,17 @@ def main(argv=None) -> None:
                   for p in sorted((test_dir / "images").glob("*.nii.gz"))[: args.n_test]]
 
     planning = {"gpu_memory_budget_gb": args.memory_budget_gb, "base_features": args.base_features,
-                "max_features": args.max_features, "max_stages": args.max_stages, **spec.planning}
-    plan = make_plan(fingerprint_files(pairs), TISSUE_LABELS, modality="MR", spatial_dims=spec.spatial_dims,
-                     **planning)
-    print("plan:", plan.to_json(), flush=True)
-    overrides = dict(spec.training)
+                "max_features": args.max_features, "max_stages": args.max_stages}
+    request = {"max_iterations": args.iterations, "batch_size": args.batch_size, "log_every": 20}
     if args.learning_rate is not None:
-        overrides["learning_rate"] = args.learning_rate
-    config = TrainConfig(max_iterations=args.iterations, batch_size=args.batch_size, log_every=20, **overrides)
-    train_idx, val_idx = split_train_val(names, config.val_fraction, config.val_max_cases, config.seed)
-    cases = [load_preprocessed(d["image"], d["label"], plan, work / "cache") for d in pairs]
-    network = spec.build(plan)
-    result = train_network(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx], config,
-                           progress=lambda e: print(json.dumps(e), flush=True), dice_only=spec.dice_only)
-    network.load_state_dict(result.state_dict)
+        request["learning_rate"] = args.learning_rate
+    trained, stats = train_with_task(spec, pairs, work, planning, request)
+    plan = Plan.from_dict(trained["plan"])
+    config = trained["train_config"]
     device = pick_device()
-    lcc = result.postprocessing["largest_component_labels"]
-    predictor = Predictor(network, plan, device, lcc)
+    predictor = spec.predictor(trained, device)
     heldout = evaluate(predictor, test_pairs)
     template = evaluate(predictor, [{"image": str(TEMPLATE_T1), "label": str(TEMPLATE_LABELS)}])
-    n_params = sum(p.numel() for p in network.parameters())
 
     card = {
         "model": spec.name,
@@ -114,47 +133,80 @@ def main(argv=None) -> None:
         "version": 1,
         "trained_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "data": {
-            "train": f"{len(train_idx)} pseudo-subjects of the MNI ICBM152 2009a template (seed {TRAIN_SEED})",
-            "validation": f"{len(val_idx)} pseudo-subjects (same seed, held out from training)",
+            "train": f"{len(trained['train_images'])} pseudo-subjects of the MNI ICBM152 2009a template (seed {TRAIN_SEED})",
+            "validation": f"{len(trained['val_images'])} pseudo-subjects (same seed, held out from training)",
             "test": f"{len(test_pairs)} held-out pseudo-subjects (seed {TEST_SEED}) and the original 1 mm template",
         },
         "labels": TISSUE_LABELS,
         "target_spacing_mm": plan.target_spacing_mm,
         "patch_size_vox": plan.patch_size_vox,
-        "parameters": n_params,
-        "training": {"iterations": result.iterations, "batch_size": config.batch_size,
-                     "optimizer": config.optimizer, "learning_rate": config.learning_rate, "seconds": round(result.seconds, 1),
-                     "final_loss": round(result.final_loss, 4)},
+        "parameters": parameters(spec, trained),
+        "training": {"iterations": stats.get("iteration"), "batch_size": config["batch_size"],
+                     "optimizer": config["optimizer"], "learning_rate": config["learning_rate"],
+                     "seconds": stats.get("seconds"), "final_loss": stats.get("loss")},
         "hardware": {"device": str(device), "cpu": cpu_name(),
                      "threads": torch.get_num_threads(),
                      "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "versions": {"medseg": medseg.__version__, "torch": torch.__version__, "python": sys.version.split()[0]},
-        "val_dice_per_label": result.val_dice_per_label,
+        "val_dice_per_label": trained["val_dice_per_label"],
         "heldout_dice_per_label": heldout["mean_dice_per_label"],
         "template_dice_per_label": template["mean_dice_per_label"],
         "evaluation": {"heldout": heldout["cases"], "template": template["cases"]},
     }
+    if spec.cascade:
+        low = Plan.from_dict(trained["lowres"]["plan"])
+        card["stages"] = {"lowres": {"target_spacing_mm": low.target_spacing_mm, "patch_size_vox": low.patch_size_vox,
+                                     "val_dice_per_label": trained["lowres"]["val_dice_per_label"]}}
+        card["training"]["iterations_per_stage"] = args.iterations
     out = Path(args.out) if args.out else REPO / "apps" / "medseg" / "model" / spec.name
+    write_shipped(out, spec.name, trained, card)
+    if spec.cascade:
+        # The first stage is also the standalone cascade_lowres model: same weights, its own card.
+        write_lowres_from_cascade(trained, card, out.parent / "cascade_lowres", test_pairs, device)
+    print(json.dumps({k: card[k] for k in ("heldout_dice_per_label", "template_dice_per_label", "training")}, indent=1))
+
+
+def shipped_checkpoint(name: str, trained: dict, card: dict) -> dict:
+    def half(state):
+        return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+    keep = ("plan", "train_config", "val_dice_per_label", "postprocessing", "planning", "n_train_cases")
+    checkpoint = {k: trained[k] for k in keep if k in trained}
+    checkpoint.update(model=name, state_dict=half(trained["state_dict"]), version=1, trained_on=card["data"],
+                      trained_at=card["trained_at"], source="shipped")
+    if "lowres" in trained:
+        checkpoint["lowres"] = dict(trained["lowres"], state_dict=half(trained["lowres"]["state_dict"]))
+    return checkpoint
+
+
+def write_shipped(out: Path, name: str, trained: dict, card: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint = {
-        "model": spec.name,
-        "state_dict": {k: v.half() if v.is_floating_point() else v for k, v in result.state_dict.items()},
-        "plan": json.loads(plan.to_json()),
-        "train_config": config.__dict__,
-        "val_dice_per_label": result.val_dice_per_label,
-        "postprocessing": result.postprocessing,
-        "planning": planning,
-        "version": 1,
-        "trained_on": card["data"],
-        "n_train_cases": len(train_idx),
-        "trained_at": card["trained_at"],
-        "source": "shipped",
-    }
-    save_checkpoint(out / "model.pt", checkpoint)
-    plan.save(out / "plan.json")
+    save_checkpoint(out / "model.pt", shipped_checkpoint(name, trained, card))
+    Plan.from_dict(trained["plan"]).save(out / "plan.json")
     (out / "model_card.json").write_text(json.dumps(card, indent=1))
     (out / "MODEL_CARD.md").write_text(render_card(card))
-    print(json.dumps({k: card[k] for k in ("heldout_dice_per_label", "template_dice_per_label", "training")}, indent=1))
+
+
+def write_lowres_from_cascade(cascade: dict, cascade_card: dict, out: Path, test_pairs: list[dict], device) -> None:
+    spec = MODELS["cascade_lowres"]
+    stage = dict(cascade["lowres"], planning=cascade.get("planning"), train_config=cascade["train_config"],
+                 n_train_cases=cascade.get("n_train_cases"), train_images=cascade["train_images"],
+                 val_images=cascade["val_images"])
+    predictor = spec.predictor(stage, device)
+    plan = Plan.from_dict(stage["plan"])
+    card = dict(cascade_card, model=spec.name, description=spec.description + " (trained as the cascade's first stage)",
+                target_spacing_mm=plan.target_spacing_mm, patch_size_vox=plan.patch_size_vox,
+                parameters=sum(p.numel() for p in spec.network(stage).parameters()),
+                val_dice_per_label=stage["val_dice_per_label"],
+                training=dict(cascade_card["training"], **stage.get("training", {})))
+    card["training"].pop("iterations_per_stage", None)
+    card.pop("stages", None)
+    heldout = evaluate(predictor, test_pairs)
+    template = evaluate(predictor, [{"image": str(TEMPLATE_T1), "label": str(TEMPLATE_LABELS)}])
+    card.update(heldout_dice_per_label=heldout["mean_dice_per_label"],
+                template_dice_per_label=template["mean_dice_per_label"],
+                evaluation={"heldout": heldout["cases"], "template": template["cases"]})
+    write_shipped(out, spec.name, stage, card)
 
 
 def render_card(card: dict) -> str:
@@ -162,6 +214,12 @@ def render_card(card: dict) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in d.items())
 
     t = card["training"]
+    stages = ""
+    if card.get("stages"):
+        low = card["stages"]["lowres"]
+        stages = (f"- **Cascade**: first stage at {low['target_spacing_mm']} mm, patch {low['patch_size_vox']} "
+                  f"(validation Dice alone: {dice(low['val_dice_per_label'])}); each stage trained for "
+                  f"{t['iterations_per_stage']} iterations; the second stage on perturbed ground truth.\n")
     return f"""# Model card: `{card['model']}` (generated by scripts/train_shipped_model.py; do not edit)
 
 {card['description']}.
@@ -170,7 +228,7 @@ def render_card(card: dict) -> str:
 - **Labels**: {', '.join(f'{k} = {v}' for k, v in card['labels'].items())} (0 = background).
 - **Resolution**: target spacing {card['target_spacing_mm']} mm, patch {card['patch_size_vox']} voxels.
 - **Network**: {card['parameters']:,} parameters.
-- **Training budget**: {t['iterations']} iterations, batch {t['batch_size']}, {t.get('optimizer', 'sgd')} with learning rate {t['learning_rate']}, {t['seconds']} s, final loss {t['final_loss']}.
+{stages}- **Training budget**: {t['iterations']} iterations, batch {t['batch_size']}, {t.get('optimizer', 'sgd')} with learning rate {t['learning_rate']}, {t['seconds']} s, final loss {t['final_loss']}.
 - **Hardware**: {card['hardware']['device']} ({card['hardware']['cpu']}, {card['hardware']['threads']} threads; GPU: {card['hardware']['gpu']}).
 - **Versions**: {', '.join(f'{k} {v}' for k, v in card['versions'].items())}. Trained {card['trained_at']}.
 

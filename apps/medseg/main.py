@@ -13,12 +13,12 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import medseg
-from medseg.checkpoint import ModelStore
+from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
 from medseg.errors import UnknownImageError
 from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask
-from medseg.tasks.train import MedSegTrainTask
+from medseg.tasks.train import train_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -26,10 +26,7 @@ logger = logging.getLogger(__name__)
 class MedSegApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.cfg = AppConfig.from_conf(conf or {}, studies, app_dir)
-        self.stores = {
-            spec.name: ModelStore(spec.name, self.cfg.shipped_model_dir, self.cfg.work_dir / "models")
-            for spec in self.cfg.models
-        }
+        self.stores = model_stores(self.cfg)
         logger.info("MedSeg %s: models %s, device %s, work dir %s", medseg.__version__,
                     [s.name for s in self.cfg.models], self.cfg.device, self.cfg.work_dir)
         super().__init__(
@@ -67,14 +64,7 @@ class MedSegApp(MONAILabelApp):
         return infers
 
     def init_trainers(self):
-        peers = [(spec, self.stores[spec.name]) for spec in self.cfg.models]
-        return {
-            spec.name: MedSegTrainTask(
-                spec, self.stores[spec.name], self.cfg.labels, self.cfg.work_dir, self.cfg.device, self.cfg.modality,
-                self.cfg.gpu_memory_gb, peers,
-            )
-            for spec in self.cfg.models
-        }
+        return train_tasks(self.cfg, self.stores)
 
     def infer(self, request, datastore=None):
         image = request.get("image")

@@ -75,3 +75,8 @@ class ModelStore:
 
 def plan_of(checkpoint: dict) -> Plan:
     return Plan.from_dict(checkpoint["plan"])
+
+
+def model_stores(cfg) -> dict[str, ModelStore]:
+    """The weights of every configured model (``cfg`` is a medseg.config.AppConfig)."""
+    return {spec.name: ModelStore(spec.name, cfg.shipped_model_dir, cfg.work_dir / "models") for spec in cfg.models}

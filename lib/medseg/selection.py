@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.checkpoint import ModelStore, plan_of
+from medseg.checkpoint import ModelStore
 from medseg.imageio import read_volume
 from medseg.models import ModelSpec
-from medseg.pipeline.predictor import Predictor
 from medseg.pipeline.training import dice_per_label, pick_device
 
 logger = logging.getLogger(__name__)
@@ -27,19 +26,12 @@ logger = logging.getLogger(__name__)
 SELECTION_FILE = "model_selection.json"
 
 
-def _predictor(spec: ModelSpec, ckpt: dict, device) -> Predictor:
-    network = spec.build(plan_of(ckpt))
-    network.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-    lcc = (ckpt.get("postprocessing") or {}).get("largest_component_labels", [])
-    return Predictor(network, plan_of(ckpt), device, lcc)
-
-
 def evaluate_models(models: list[tuple[ModelSpec, ModelStore]], val_pairs: list[dict], labels: dict[str, int],
                     device: str = "auto") -> dict:
     """Mean Dice per label of every model with weights and of their ensemble on ``val_pairs``."""
     device = pick_device(device)
     ready = [(spec, store.load()) for spec, store in models if store.current_path() is not None]
-    predictors = {spec.name: _predictor(spec, ckpt, device) for spec, ckpt in ready}
+    predictors = {spec.name: spec.predictor(ckpt, device) for spec, ckpt in ready}
     scores: dict[str, list[dict]] = {name: [] for name in predictors}
     scores["ensemble"] = []
     for pair in val_pairs:

@@ -45,3 +45,35 @@ def test_every_model_segments_an_anisotropic_image_on_its_grid(all_models_server
     assert np.allclose(label.affine, image.affine, atol=1e-4)
     values = np.unique(np.asarray(label.dataobj))
     assert set(values.tolist()) <= {0, 1, 2} and len(values) == 3, values
+
+
+@pytest.fixture(scope="module")
+def labeled_once(all_models_server, sample_sets):
+    from tests.e2e.helpers import put_label
+
+    r = put_label(all_models_server.url, "subject_000", sample_sets["studies"] / "labels" / "subject_000.nii.gz")
+    assert r.status_code == 200, r.text
+    return all_models_server
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_with_a_tiny_budget_and_publishes_new_weights(labeled_once, name):
+    """Runs after the infer tests above (pytest keeps file order), so they saw the shipped weights."""
+    import torch
+
+    url = labeled_once.url
+    before = requests.get(f"{url}/info/", timeout=30).json()["models"].get(name, {}).get("weights", {})
+    r = requests.post(f"{url}/train/{name}", json={"max_iterations": 1, "batch_size": 1, "augment": False,
+                                                   "model_selection": False}, timeout=60)
+    assert r.status_code == 200, r.text
+    status = labeled_once.wait_for_training()
+    assert status["status"] == "DONE", status
+    weights = requests.get(f"{url}/info/", timeout=30).json()["models"][name]["weights"]
+    assert weights["version"] == (before.get("version") or 0) + 1 and weights["source"] == "trained"
+    published = torch.load(labeled_once.studies / ".medseg" / "models" / name / "model.pt", weights_only=False)
+    shipped_path = APP_DIR / "model" / name / "model.pt"
+    if shipped_path.exists():
+        shipped = torch.load(shipped_path, weights_only=False)
+        changed = [k for k, v in published["state_dict"].items()
+                   if v.is_floating_point() and not torch.allclose(v.float(), shipped["state_dict"][k].float())]
+        assert changed, "training left every weight as shipped"

@@ -61,3 +61,4 @@ def test_train_without_labels_fails_cleanly_and_keeps_serving(tmp_path_factory, 
         assert params["model_version"] == 1
     finally:
         srv.stop()
+

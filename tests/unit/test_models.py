@@ -20,7 +20,8 @@ def test_model_builds_from_its_plan_and_predicts_a_patch(name):
     divisor = getattr(net, "size_divisor", [1] * spec.spatial_dims)
     assert all(p % d == 0 for p, d in zip(plan.patch_size_vox, divisor)), (plan.patch_size_vox, divisor)
     with torch.no_grad():
-        out = net.eval()(torch.randn(1, 1, *plan.patch_size_vox))
+        # A cascade's second stage also reads the first stage's one-hot foreground.
+        out = net.eval()(torch.randn(1, 1 + plan.previous_stage_channels, *plan.patch_size_vox))
     assert out.shape == (1, 3, *plan.patch_size_vox)
 
 

@@ -14,7 +14,10 @@ nnU-Net v2 ``ExperimentPlanner``:
 * an axis is pooled only while it has at least 8 voxels and its spacing is within
   2x of the finest axis (so anisotropic axes are pooled later);
 * CT: clip to foreground 0.5/99.5 percentiles, z-score with dataset foreground
-  statistics; everything else: per-image z-score.
+  statistics; everything else: per-image z-score;
+* the low-resolution stage of the cascade coarsens the spacing in steps of 3%,
+  on anisotropic data only the fine axes until they are within 2x of the coarse
+  one (nnU-Net v2's 3d_lowres rule), and re-plans the patch at each step.
 """
 from __future__ import annotations
 
@@ -34,6 +37,15 @@ MAX_SPACING_RATIO_TO_POOL = 2.0
 # backward, in mixed precision. Calibrated so that nnU-Net's default 3D plan
 # (6 stages, 32..320 features, 128^3 patch, batch 2) lands near its 8 GB target.
 BYTES_PER_FEATURE_VOXEL = 28.0
+# nnU-Net v2 adds a low-resolution configuration when the full-resolution patch holds
+# less than 25% of the median image, and coarsens until it holds that much. Our cascade
+# is offered on every dataset, so its first stage goes further: it coarsens until one
+# patch holds the whole median image (global context is what the stage is for), but
+# never beyond LOWRES_MAX_SPACING_FACTOR times the full-resolution spacing.
+LOWRES_SPACING_STEP = 1.03
+LOWRES_MIN_PATCH_COVERAGE = 1.0
+LOWRES_MAX_SPACING_FACTOR = 4.0
+STAGES = ("fullres", "lowres", "cascade_fullres")
 
 
 @dataclass
@@ -67,6 +79,11 @@ class Plan:
     slice_axis: int | None = None  # 2D plans: the axis slices are taken along (patch size 1 there)
     # Fingerprint summary: foreground intensity statistics sampled from labeled voxels.
     foreground_intensity: dict | None = None
+    # Cascade: "lowres" is the first stage; "cascade_fullres" takes the one-hot foreground
+    # of the first stage's prediction as previous_stage_channels extra input channels.
+    stage: str = "fullres"
+    previous_stage_channels: int = 0
+    previous_stage_spacing_mm: list[float] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -175,6 +192,32 @@ def plan_patch_and_topology(
         patch[axis] = max(div[axis], patch[axis] - div[axis])
 
 
+def _shapes_at(cases: list[CaseFingerprint], spacing) -> np.ndarray:
+    return np.array([[n * s / t for n, s, t in zip(c.shape_after_crop_vox, c.spacing_mm, spacing)] for c in cases])
+
+
+def lowres_spacing(cases: list[CaseFingerprint], spacing: list[float], budget_bytes: float, base_features: int,
+                   max_features: int, max_stages: int) -> list[float]:
+    """Coarsest-needed spacing for the cascade's first stage (see LOWRES_MIN_PATCH_COVERAGE)."""
+    full = np.asarray(spacing, dtype=float)
+    sp = full.copy()
+    while True:
+        median = np.median(_shapes_at(cases, sp), axis=0)
+        patch = plan_patch_and_topology([int(round(m)) for m in median], list(sp), budget_bytes, base_features,
+                                        max_features, max_stages)[0]
+        if np.prod(patch) >= LOWRES_MIN_PATCH_COVERAGE * np.prod(median):
+            return [float(x) for x in sp]
+        coarser = sp.copy()
+        ratio = sp.max() / sp
+        if np.any(ratio > 2):
+            coarser[ratio > 2] *= LOWRES_SPACING_STEP  # bring the fine axes towards the coarse one first
+        else:
+            coarser *= LOWRES_SPACING_STEP
+        if np.any(coarser > LOWRES_MAX_SPACING_FACTOR * full):
+            return [float(x) for x in sp]
+        sp = coarser
+
+
 def make_plan(
     cases: list[CaseFingerprint],
     labels: dict[str, int],
@@ -185,19 +228,29 @@ def make_plan(
     max_features: int | None = None,
     max_stages: int = 6,
     patch_divisor: int = 1,
+    stage: str = "fullres",
 ) -> Plan:
     """Plan from fingerprints. ``patch_divisor`` rounds the patch down to multiples a
-    network needs (transformers: patch size x window x merges), at least one multiple."""
+    network needs (transformers: patch size x window x merges), at least one multiple.
+    ``stage`` plans a single network ("fullres"), or a cascade stage ("lowres", or
+    "cascade_fullres", whose input adds the first stage's one-hot prediction)."""
     if not cases:
         raise ValueError("planning needs at least one labeled case")
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
+    if stage != "fullres" and spatial_dims != 3:
+        raise ValueError("the cascade is 3D only")
     spacings = np.array([c.spacing_mm for c in cases])
     spacing = target_spacing(spacings)
-    shapes_at_target = np.array(
-        [[n * s / t for n, s, t in zip(c.shape_after_crop_vox, c.spacing_mm, spacing)] for c in cases]
-    )
-    median_shape = [int(round(x)) for x in np.median(shapes_at_target, axis=0)]
     max_features = max_features or (320 if spatial_dims == 3 else 512)
     budget = gpu_memory_budget_gb * 1024**3
+    lowres = None
+    if stage != "fullres":
+        lowres = lowres_spacing(cases, spacing, budget, base_features, max_features, max_stages)
+        if stage == "lowres":
+            spacing = lowres
+    shapes_at_target = _shapes_at(cases, spacing)
+    median_shape = [int(round(x)) for x in np.median(shapes_at_target, axis=0)]
     slice_axis = None
     if spatial_dims == 2:
         # Slices along the coarsest axis (the first one when isotropic); the 2D patch and
@@ -243,6 +296,9 @@ def make_plan(
         use_cascade=spatial_dims == 3 and bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
         n_training_cases=len(cases),
         slice_axis=slice_axis,
+        stage=stage,
+        previous_stage_channels=len(labels) if stage == "cascade_fullres" else 0,
+        previous_stage_spacing_mm=lowres if stage == "cascade_fullres" else None,
     )
     if fg.size > 1:
         p005, p995 = np.percentile(fg, [0.5, 99.5])

@@ -15,7 +15,11 @@ from medseg.imageio import Volume
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing
-from medseg.pipeline.preprocess import invert_probabilities, preprocess
+from medseg.pipeline.preprocess import (
+    PreprocessedCase,
+    invert_probabilities,
+    preprocess,
+)
 
 
 @dataclass
@@ -33,9 +37,15 @@ class Predictor:
         self.device = device
         self.largest_component_labels = list(largest_component_labels or [])
 
-    def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:
+    def prepare(self, volume: Volume, tta: bool) -> tuple[PreprocessedCase, dict]:
+        """The network's input on the plan's grid, and the seconds each step took."""
         t0 = time.perf_counter()
         case = preprocess(volume.array, volume.spacing_mm, self.plan)
+        return case, {"pre": round(time.perf_counter() - t0, 3)}
+
+    def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:
+        t0 = time.perf_counter()
+        case, latencies = self.prepare(volume, tta)
         t1 = time.perf_counter()
         probs = predict_probabilities(
             self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device
@@ -49,6 +59,6 @@ class Predictor:
         return Prediction(
             labels=labels,
             probabilities=full.movedim(0, -1).numpy().astype(np.float32) if probabilities else None,
-            latencies_s={"pre": round(t1 - t0, 3), "infer": round(t2 - t1, 3), "post": round(t3 - t2, 3),
+            latencies_s={**latencies, "infer": round(t2 - t1, 3), "post": round(t3 - t2, 3),
                          "total": round(t3 - t0, 3)},
         )

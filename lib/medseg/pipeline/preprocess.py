@@ -7,6 +7,7 @@ origin and direction), including the border that cropping removed.
 """
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +30,23 @@ class PreprocessedCase:
     bbox: tuple[tuple[int, int], ...]  # crop box in original voxels, [start, stop)
     cropped_shape: tuple[int, ...]
     foreground_vox: np.ndarray | None = None  # (N, 3) sample of foreground coordinates, for patch sampling
+
+    def __getstate__(self):
+        # Cached cases are memory-mapped .npy files: send the file name, not the data, to
+        # other processes (distributed training), which map the same file again.
+        state = dict(self.__dict__)
+        for key in ("image", "label"):
+            array = state[key]
+            # Only a whole mapped file (base is the mmap itself), not a view into one.
+            if isinstance(array, np.memmap) and array.filename and isinstance(array.base, mmap.mmap):
+                state[key] = ("npy-mmap", array.filename)
+        return state
+
+    def __setstate__(self, state):
+        for key in ("image", "label"):
+            if isinstance(state[key], tuple) and state[key][0] == "npy-mmap":
+                state[key] = np.load(state[key][1], mmap_mode="r")
+        self.__dict__.update(state)
 
 
 def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:

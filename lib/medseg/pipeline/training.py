@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
@@ -50,6 +52,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
+    # Data-parallel training (MONAI Label's option name): one process per GPU, or
+    # world_size CPU processes with the gloo backend; 0 = every visible GPU.
+    multi_gpu: bool = False
+    world_size: int = 0
 
     @classmethod
     def from_request(cls, request: dict, defaults: "TrainConfig | None" = None) -> "TrainConfig":
@@ -72,13 +78,28 @@ class TrainConfig:
             raise MedSegInputError("learning_rate must be positive")
         if cfg.optimizer not in ("sgd", "adamw"):
             raise MedSegInputError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+        if cfg.world_size < 0:
+            raise MedSegInputError("world_size must be 0 (every visible GPU) or a number of processes")
         return cfg
+
+    def processes(self) -> int:
+        """How many data-parallel processes to start (1: train in this process)."""
+        if not self.multi_gpu:
+            return 1
+        if self.world_size:
+            return self.world_size
+        return max(1, torch.cuda.device_count())
 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and dist.is_initialized():
+        # One GPU per process: torchrun sets LOCAL_RANK, our own launcher uses the rank.
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        device = torch.device("cuda", local % torch.cuda.device_count())
+    return device
 
 
 # ---------------------------------------------------------------- data
@@ -176,7 +197,7 @@ def persistent_split(names: list[str], path: Path, val_fraction: float, max_val:
         # Everything we have is validation: move the newest back so there is something to learn from.
         assigned[new[-1] if new else names[-1]] = "train"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(assigned, indent=1, sort_keys=True))
     os.replace(tmp, path)
     val = [i for i, n in enumerate(names) if assigned[n] == "val"]
@@ -296,10 +317,28 @@ def train_network(
     progress: Callable[[dict], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     dice_only: bool = False,
+    previous_stage: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainResult:
+    """Train ``network`` in place and validate it.
+
+    ``previous_stage`` (cascade second stage) maps each batch's label patches to the
+    extra input channels, which are concatenated to the augmented image patches.
+    Inside an initialised process group (medseg.pipeline.distributed, or torchrun)
+    this is one rank of data-parallel training: the global batch is split across the
+    ranks (as nnU-Net does), each samples its own patches, gradients are averaged by
+    DistributedDataParallel, and only rank 0 reports progress and validates.
+    """
     device = pick_device(config.device)
-    torch.manual_seed(config.seed)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    torch.manual_seed(config.seed)  # same initial weights on every rank (DDP also broadcasts them)
     network.to(device).train()
+    model = network
+    if world > 1:
+        # Some parameters get no gradient (the deep-supervision head nnU-Net gives weight 0),
+        # so DDP must look for unused ones instead of waiting for them.
+        model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=True)
+        progress = progress if rank == 0 else None
     loss_fn = DeepSupervisionLoss(DiceCELoss(use_ce=config.use_ce and not dice_only))
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -310,10 +349,10 @@ def train_network(
         )
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed)
-    gen = torch.Generator().manual_seed(config.seed)
+    sampler = PatchSampler(train_cases, plan.patch_size_vox, config.foreground_fraction, config.seed + rank)
+    gen = torch.Generator().manual_seed(config.seed + rank)
     references = [intensity_quantiles(np.array(c.image)) for c in train_cases] if config.augment else []
-    batch_size = config.batch_size or plan.batch_size
+    batch_size = max(1, (config.batch_size or plan.batch_size) // world)
     start = time.time()
     history = []
     loss_value = float("nan")
@@ -328,10 +367,12 @@ def train_network(
         images, labels = sampler.batch(batch_size)
         if config.augment:
             images, labels = augment_batch(images, labels, gen, references, plan.slice_axis)
+        if previous_stage is not None:
+            images = torch.cat([images, previous_stage(labels)], dim=1)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            outputs = network(images)
+            outputs = model(images)
         loss = loss_fn([o.float() for o in outputs] if isinstance(outputs, list) else outputs.float(), labels)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -343,10 +384,14 @@ def train_network(
             entry = {"iteration": it + 1, "max_iterations": config.max_iterations, "loss": round(loss_value, 4),
                      "lr": round(lr, 6), "seconds": round(time.time() - start, 1)}
             history.append(entry)
-            logger.info("train %s", json.dumps(entry))
+            if rank == 0:
+                logger.info("train %s", json.dumps(entry))
             if progress:
                 progress(entry)
     network.eval()
+    if rank != 0:  # the weights are the same on every rank; rank 0 validates them
+        return TrainResult({k: v.detach().cpu() for k, v in network.state_dict().items()}, {}, {}, it + 1,
+                           time.time() - start, loss_value, history)
     raw_dice, preds = validate(network, val_cases, plan, device)
     truths = [c.label for c in val_cases]
     chosen, evidence = decide_largest_component(preds, truths, plan.labels)

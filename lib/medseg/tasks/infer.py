@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
-from medseg.checkpoint import ModelStore, plan_of
+from medseg.checkpoint import ModelStore
 from medseg.errors import UnknownImageError
 from medseg.imageio import read_volume, write_like
 from medseg.models import ModelSpec
@@ -108,11 +108,7 @@ class MedSegInferTask(VolumeInferTask):
             if ckpt is None:
                 raise UnknownImageError(f"model {self.spec.name} has no weights yet; train it first")
             if self._predictor is None or self._predictor[0] != id(ckpt):
-                plan = plan_of(ckpt)
-                network = self.spec.build(plan)
-                network.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
-                lcc = (ckpt.get("postprocessing") or {}).get("largest_component_labels", [])
-                self._predictor = (id(ckpt), Predictor(network, plan, self.device, lcc))
+                self._predictor = (id(ckpt), self.spec.predictor(ckpt, self.device))
                 logger.info("%s: loaded weights version %s", self.spec.name, ckpt.get("version"))
             return self._predictor[1], ckpt
 

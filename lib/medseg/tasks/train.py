@@ -12,15 +12,30 @@ import shutil
 import time
 from pathlib import Path
 
+import torch.distributed as dist
 from monailabel.interfaces.tasks.train import TrainTask
 
 from medseg.checkpoint import ModelStore, plan_of
 from medseg.errors import MedSegInputError
-from medseg.models import ModelSpec
+from medseg.imageio import read_volume
+from medseg.models import MODELS, ModelSpec
+from medseg.pipeline.cascade import (
+    PerturbedPreviousStage,
+    previous_stage_on_grid,
+    with_previous_stage,
+)
+from medseg.pipeline.distributed import is_main_process, run_distributed
 from medseg.pipeline.fingerprint import fingerprint_files
 from medseg.pipeline.plan import Plan, make_plan
+from medseg.pipeline.training import (
+    TrainConfig,
+    TrainResult,
+    load_preprocessed,
+    persistent_split,
+    pick_device,
+    train_network,
+)
 from medseg.selection import evaluate_models, save_selection
-from medseg.pipeline.training import TrainConfig, load_preprocessed, persistent_split, train_network
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +43,6 @@ logger = logging.getLogger(__name__)
 MIN_CASES_TO_REPLAN = 5
 
 
-def planning_kwargs(parent: dict | None, spec: ModelSpec) -> dict:
-    """The planner settings a model was made with, carried to its fine-tuned versions."""
-    return dict(spec.planning, **((parent or {}).get("planning") or {}))
 REPLAN_SPACING_CHANGE = 0.2
 
 
@@ -40,11 +52,43 @@ def plans_differ(a: Plan, b: Plan) -> bool:
     return any(abs(x - y) / x > REPLAN_SPACING_CHANGE for x, y in zip(a.target_spacing_mm, b.target_spacing_mm))
 
 
+def _flag(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class TrainProgress:
+    """Progress of one run in a JSON file that ``GET /train/`` reads (via ``stats()``).
+
+    Picklable, so data-parallel workers report through it too (rank 0 only).
+    """
+
+    def __init__(self, path: Path, state: dict):
+        self.path = Path(path)
+        self.state = state
+        self.stage = None  # cascade: which stage the entries are about
+
+    def write(self, **updates) -> None:
+        self.state.update(updates)
+        if not is_main_process():
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.path)
+
+    def __call__(self, entry: dict) -> None:
+        if self.stage:
+            entry = {**entry, "stage": self.stage}
+        self.write(**entry)
+        print(json.dumps({"progress": entry}), flush=True)
+
+
 class MedSegTrainTask(TrainTask):
     def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
                  modality: str = "MR", gpu_memory_gb: float = 8.0,
-                 peers: list[tuple[ModelSpec, ModelStore]] | None = None):
+                 peers: list[tuple[ModelSpec, ModelStore]] | None = None, planning: dict | None = None):
         super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
+        self.planning_defaults = dict(planning or {})  # make_plan keywords (scripts/train_shipped_model.py)
         self.spec = spec
         self.store = store
         self.labels = dict(labels)
@@ -66,17 +110,17 @@ class MedSegTrainTask(TrainTask):
                 return {}
         return {}
 
-    def _write_progress(self, state: dict) -> None:
-        self.progress_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.progress_path.with_name(f".{self.progress_path.name}.tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.progress_path)
-
     def update_model_selection(self, val_pairs: list[dict], device: str) -> None:
         """Score every model with weights, and their ensemble, on this datastore's validation split."""
         selection = evaluate_models(self.peers, val_pairs, self.labels, device)
         save_selection(self.work_dir, selection)
         logger.info("model selection on %d validation images: %s", len(val_pairs), selection["val_dice_per_label"])
+
+    def planning(self, parent: dict | None) -> dict:
+        planning = {"gpu_memory_budget_gb": self.gpu_memory_gb, **self.planning_defaults, **self.spec.planning}
+        if parent is not None:
+            planning.update(parent.get("planning") or {})
+        return planning
 
     def choose_plan(self, parent: dict | None, datalist: list[dict], force_replan: bool = False):
         """Keep the weights' plan (and fine-tune) unless the labeled data calls for another.
@@ -85,20 +129,43 @@ class MedSegTrainTask(TrainTask):
         labeled and it differs materially (normalization, or a target spacing more than
         REPLAN_SPACING_CHANGE off on some axis); training then starts from scratch, since
         weights learned at another resolution or intensity scale do not transfer.
+        Returns (plan, parent or None, fingerprints or None).
         """
-        planning = {"gpu_memory_budget_gb": self.gpu_memory_gb, **self.spec.planning}
-        if parent is not None:
-            planning.update(parent.get("planning") or {})
+        fingerprints = None
         if parent is None or force_replan or len(datalist) >= MIN_CASES_TO_REPLAN:
-            fresh = make_plan(fingerprint_files(datalist), self.labels, modality=self.modality,
-                              spatial_dims=self.spec.spatial_dims, **planning)
+            fingerprints = fingerprint_files(datalist)
+            fresh = make_plan(fingerprints, self.labels, modality=self.modality,
+                              spatial_dims=self.spec.spatial_dims, **self.planning(parent))
         if parent is None:
-            return fresh, None
+            return fresh, None, fingerprints
         current = plan_of(parent)
         if force_replan or (len(datalist) >= MIN_CASES_TO_REPLAN and plans_differ(current, fresh)):
             logger.info("%s: the labeled data calls for a new plan; training from scratch", self.spec.name)
-            return fresh, None
-        return current, parent
+            return fresh, None, fingerprints
+        return current, parent, fingerprints
+
+    def load_cases(self, plan: Plan, datalist: list[dict]):
+        return [load_preprocessed(d["image"], d["label"], plan, self.work_dir / "cache") for d in datalist]
+
+    def train(self, network, plan: Plan, train_cases, val_cases, config: TrainConfig, progress: TrainProgress,
+              previous_stage=None) -> TrainResult:
+        """One network trained, in this process or data-parallel (``multi_gpu``)."""
+        args = (network, plan, train_cases, val_cases, config, progress, None, self.spec.dice_only, previous_stage)
+        if config.processes() > 1 and not dist.is_initialized():
+            logger.info("%s: data-parallel training on %d processes", self.spec.name, config.processes())
+            return run_distributed(config.processes(), train_network, *args)[0]
+        return train_network(*args)
+
+    def fit(self, plan: Plan, parent: dict | None, datalist: list[dict], train_idx: list[int], val_idx: list[int],
+            config: TrainConfig, progress: TrainProgress, fingerprints) -> tuple[TrainResult, dict]:
+        """Train from ``parent`` (or from scratch); the result and extra checkpoint entries."""
+        cases = self.load_cases(plan, datalist)
+        network = self.spec.build(plan)
+        if parent is not None:
+            network.load_state_dict({k: v.float() for k, v in parent["state_dict"].items()})
+        result = self.train(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx], config,
+                            progress)
+        return result, {}
 
     def __call__(self, request, datastore):
         config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
@@ -108,31 +175,21 @@ class MedSegTrainTask(TrainTask):
         names = [os.path.basename(d["image"]) for d in datalist]
 
         parent = self.store.load()
-        plan, parent = self.choose_plan(parent, datalist, force_replan=bool(request.get("replan", False)))
-        cache_dir = self.work_dir / "cache"
-        cases = [load_preprocessed(d["image"], d["label"], plan, cache_dir) for d in datalist]
+        plan, parent, fingerprints = self.choose_plan(parent, datalist, force_replan=_flag(request.get("replan", False)))
         train_idx, val_idx = persistent_split(names, self.work_dir / "split.json", config.val_fraction,
                                               config.val_max_cases, config.seed)
-
-        network = self.spec.build(plan)
-        if parent is not None:
-            network.load_state_dict({k: v.float() for k, v in parent["state_dict"].items()})
-        started = time.strftime("%Y-%m-%dT%H:%M:%S")
-        state = {"model": self.spec.name, "status": "RUNNING", "started_at": started, "n_labels": len(datalist)}
-        self._write_progress(state)
-
-        def progress(entry):
-            state.update(entry)
-            self._write_progress(state)
-            print(json.dumps({"progress": entry}), flush=True)
-
+        progress = TrainProgress(self.progress_path, {
+            "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "n_labels": len(datalist),
+            "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
+        progress.write()
         try:
-            result = train_network(network, plan, [cases[i] for i in train_idx], [cases[i] for i in val_idx],
-                                   config, progress=progress, dice_only=self.spec.dice_only)
+            result, extra = self.fit(plan, parent, datalist, train_idx, val_idx, config, progress, fingerprints)
         except BaseException as e:  # killed or failed: say so, and leave the served weights alone
-            state.update({"status": "ERROR", "error": str(e) or type(e).__name__})
-            self._write_progress(state)
+            progress.write(status="ERROR", error=str(e) or type(e).__name__)
             raise
+        if not is_main_process():
+            return {}  # torchrun: rank 0 publishes
         previous = self.store.load()
         version = int(previous.get("version", 0)) + 1 if previous else 1
         checkpoint = {
@@ -142,7 +199,7 @@ class MedSegTrainTask(TrainTask):
             "train_config": config.__dict__,
             "val_dice_per_label": result.val_dice_per_label,
             "postprocessing": result.postprocessing,
-            "planning": planning_kwargs(previous, self.spec),
+            "planning": self.planning(previous),
             "version": version,
             "parent_version": parent.get("version") if parent else None,  # None: trained from scratch
             "n_train_cases": len(train_idx),
@@ -150,16 +207,72 @@ class MedSegTrainTask(TrainTask):
             "val_images": [names[i] for i in val_idx],
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "source": "trained",
+            **extra,
         }
         if self.store.runtime_path.exists():
             # Keep the weights we replace, for rollback.
             shutil.copy2(self.store.runtime_path, self.store.runtime_path.with_name(f"model.v{version - 1}.pt"))
         path = self.store.publish(checkpoint)
-        if self.peers:
+        if self.peers and _flag(request.get("model_selection", True)):
             self.update_model_selection([datalist[i] for i in val_idx], config.device)
-        state.update({"status": "DONE", "version": version, "val_dice_per_label": result.val_dice_per_label,
-                      "finished_at": checkpoint["trained_at"], "seconds": round(result.seconds, 1)})
-        self._write_progress(state)
+        progress.write(status="DONE", version=version, val_dice_per_label=result.val_dice_per_label,
+                       finished_at=checkpoint["trained_at"], seconds=round(result.seconds, 1))
         logger.info("%s: published version %d to %s", self.spec.name, version, path)
         return {"model": self.spec.name, "version": version, "val_dice_per_label": result.val_dice_per_label,
                 "iterations": result.iterations, "seconds": round(result.seconds, 1)}
+
+
+class CascadeTrainTask(MedSegTrainTask):
+    """Both stages of the cascade, in order, each with ``max_iterations``.
+
+    The first stage is planned and trained like ``cascade_lowres``; the second
+    trains on perturbed ground truth (medseg.pipeline.cascade) and is validated on
+    the first stage's real predictions for the validation images.
+    """
+
+    def fit(self, plan, parent, datalist, train_idx, val_idx, config, progress, fingerprints):
+        first_spec = MODELS["cascade_lowres"]
+        if parent is not None:
+            first_plan = plan_of(parent["lowres"])
+        else:
+            first_plan = make_plan(fingerprints or fingerprint_files(datalist), self.labels, modality=self.modality,
+                                   spatial_dims=3, **dict(self.planning(None), stage="lowres"))
+        first_net = first_spec.build(first_plan)
+        if parent is not None:
+            first_net.load_state_dict({k: v.float() for k, v in parent["lowres"]["state_dict"].items()})
+        first_cases = self.load_cases(first_plan, datalist)
+        progress.stage = "lowres"
+        first = self.train(first_net, first_plan, [first_cases[i] for i in train_idx],
+                           [first_cases[i] for i in val_idx], config, progress)
+        first_net.load_state_dict(first.state_dict)
+        first_stage = {"state_dict": first.state_dict, "plan": json.loads(first_plan.to_json()),
+                       "postprocessing": first.postprocessing, "val_dice_per_label": first.val_dice_per_label,
+                       "training": {"iterations": first.iterations, "seconds": round(first.seconds, 1),
+                                    "final_loss": round(first.final_loss, 4)}}
+        del first_cases
+
+        cases = self.load_cases(plan, datalist)
+        first_predictor = first_spec.predictor(first_stage, pick_device(config.device))
+        val_cases = []
+        for i in val_idx:
+            previous = previous_stage_on_grid(first_predictor, read_volume(datalist[i]["image"]), plan).label
+            val_cases.append(with_previous_stage(cases[i], previous, plan.n_classes))
+        network = self.spec.build(plan)
+        if parent is not None:
+            network.load_state_dict({k: v.float() for k, v in parent["state_dict"].items()})
+        progress.stage = "fullres"
+        result = self.train(network, plan, [cases[i] for i in train_idx], val_cases, config, progress,
+                            previous_stage=PerturbedPreviousStage(plan, config.seed))
+        result.seconds += first.seconds
+        return result, {"lowres": first_stage}
+
+
+def train_tasks(cfg, stores: dict[str, ModelStore]) -> dict[str, MedSegTrainTask]:
+    """One train task per configured model (``cfg`` is a medseg.config.AppConfig)."""
+    peers = [(spec, stores[spec.name]) for spec in cfg.models]
+    return {
+        spec.name: (CascadeTrainTask if spec.cascade else MedSegTrainTask)(
+            spec, stores[spec.name], cfg.labels, cfg.work_dir, cfg.device, cfg.modality, cfg.gpu_memory_gb, peers
+        )
+        for spec in cfg.models
+    }
