@@ -13,6 +13,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import medseg
+from medseg.activelearning.scoring import DiceScoring
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
@@ -75,3 +76,22 @@ class MedSegApp(MONAILabelApp):
 
     def init_strategies(self):
         return {"random": Random(), "first": First()}
+
+    def init_scoring_methods(self):
+        return {"dice": DiceScoring(self.cfg.labels)}
+
+    def async_scoring(self, method, params=None):
+        # MONAI Label starts every scoring method by itself (at start, after training, after
+        # each next-sample request), each in a new process of some 20 s of CPU; skip those
+        # automatic runs while no image has a label pair without a current score.
+        if not method and not DiceScoring.has_work(self.datastore()):
+            return {}
+        return super().async_scoring(method, params)
+
+    def on_init_complete(self):
+        # Runs only inside the server (not in task subprocesses): add /medseg/labels/... routes.
+        if isinstance(self.datastore(), MedSegLocalDatastore):
+            from medseg.datastore.versions_api import include_in_server
+
+            include_in_server()
+        super().on_init_complete()

@@ -1,0 +1,1 @@
+"""Active learning: scoring methods that describe the datastore's labels."""
