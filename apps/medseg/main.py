@@ -89,9 +89,14 @@ class MedSegApp(MONAILabelApp):
         return super().async_scoring(method, params)
 
     def on_init_complete(self):
-        # Runs only inside the server (not in task subprocesses): add /medseg/labels/... routes.
-        if isinstance(self.datastore(), MedSegLocalDatastore):
-            from medseg.datastore.versions_api import include_in_server
+        # Runs only inside the server (not in task subprocesses): add the /medseg/... routes.
+        from medseg import model_versions_api
+        from medseg.server_routes import include_in_server
 
-            include_in_server()
+        routers = [model_versions_api.router]
+        if isinstance(self.datastore(), MedSegLocalDatastore):
+            from medseg.datastore import versions_api
+
+            routers.append(versions_api.router)
+        include_in_server(*routers)
         super().on_init_complete()

@@ -9,6 +9,7 @@ never writes into the repository and the shipped weights stay as a fallback.
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 from medseg.pipeline.plan import Plan
 
 CHECKPOINT_NAME = "model.pt"
+# What a listing of versions shows of each checkpoint.
+VERSION_SUMMARY = ("version", "source", "trained_at", "n_train_cases", "val_dice_per_label", "parent_version")
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict) -> None:
@@ -61,6 +64,58 @@ class ModelStore:
             ckpt = load_checkpoint(path)
             self._cached = (str(path), stamp, ckpt)
             return ckpt
+
+    # ------------------------------------------------------------ versions and rollback
+
+    def archived_path(self, version: int) -> Path:
+        return self.runtime_path.with_name(f"model.v{int(version)}.pt")
+
+    def archive_current(self) -> None:
+        """Keep the current weights as model.v<version>.pt before they are replaced."""
+        current = self.load()
+        if current is None:
+            return
+        dest = self.archived_path(current.get("version") or 0)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+            shutil.copyfile(self.current_path(), tmp)
+            os.replace(tmp, dest)
+
+    def version_paths(self) -> dict[int, Path]:
+        """Every version on disk: archived ones, the shipped one, and the current one."""
+        paths: dict[int, Path] = {}
+        for path in sorted(self.runtime_path.parent.glob("model.v*.pt")):
+            try:
+                paths[int(path.name[len("model.v"):-len(".pt")])] = path
+            except ValueError:
+                continue
+        for path in (self.shipped_path, self.runtime_path):
+            if path.exists():
+                paths[int(load_checkpoint(path).get("version") or 0)] = path
+        return paths
+
+    def next_version(self) -> int:
+        return max(self.version_paths(), default=0) + 1
+
+    def versions(self) -> list[dict]:
+        current = (self.load() or {}).get("version")
+        out = []
+        for version, path in sorted(self.version_paths().items()):
+            ckpt = load_checkpoint(path)
+            out.append({key: ckpt.get(key) for key in VERSION_SUMMARY} | {"version": version,
+                                                                         "current": version == current})
+        return out
+
+    def restore(self, version: int) -> dict:
+        """Make an earlier version current again (hot reload picks it up); the replaced one is archived."""
+        path = self.version_paths().get(int(version))
+        if path is None:
+            raise KeyError(version)
+        checkpoint = load_checkpoint(path)
+        self.archive_current()
+        self.publish(dict(checkpoint, restored_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")))
+        return {key: checkpoint.get(key) for key in VERSION_SUMMARY}
 
     def publish(self, checkpoint: dict) -> Path:
         checkpoint = dict(checkpoint)

@@ -58,6 +58,18 @@ def evaluate_models(models: list[tuple[ModelSpec, ModelStore]], val_pairs: list[
     return result
 
 
+def checkpoint_dice(spec: ModelSpec, checkpoint: dict, pairs: list[dict], labels: dict[str, int],
+                    device) -> dict[str, float]:
+    """Mean Dice per label of one checkpoint on ``pairs``, on the original grids."""
+    predictor = spec.predictor(checkpoint, device)
+    rows = []
+    with torch.inference_mode():
+        for pair in pairs:
+            truth = np.rint(read_volume(pair["label"]).array).astype(np.uint8)
+            rows.append(dice_per_label(predictor(read_volume(pair["image"])).labels, truth, labels))
+    return {k: float(np.mean([r[k] for r in rows])) for k in labels}
+
+
 def best_choice(selection: dict) -> str | None:
     """Name of the best entry by mean Dice; singles first on ties, then table order."""
     dice = selection.get("val_dice_per_label") or {}

@@ -29,7 +29,8 @@ def test_multi_gpu_option_trains_with_two_processes_through_rest(labeled_studies
     srv = Server(labeled_studies, {"models": "unet3d"})
     try:
         r = requests.post(f"{srv.url}/train/unet3d", json={"max_iterations": 2, "batch_size": 2, "augment": False,
-                                                            "multi_gpu": True, "world_size": 2}, timeout=60)
+                                                            "multi_gpu": True, "world_size": 2,
+                                                            "publish": "always"}, timeout=60)
         assert r.status_code == 200, r.text
         status = srv.wait_for_training()
         assert status["status"] == "DONE", status
@@ -46,7 +47,7 @@ def test_torchrun_trains_and_publishes_from_rank_zero(labeled_studies, tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "medseg.train_cli", "--studies", str(labeled_studies), "--model", "unet3d",
            "--conf", "work_dir", str(work_dir),
-           "--option", "max_iterations=2", "--option", "batch_size=2", "--option", "augment=false"]
+           "--option", "max_iterations=2", "--option", "batch_size=2", "--option", "augment=false", "--option", "publish=always"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"model"')]

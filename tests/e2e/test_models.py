@@ -64,7 +64,7 @@ def test_every_model_trains_with_a_tiny_budget_and_publishes_new_weights(labeled
     url = labeled_once.url
     before = requests.get(f"{url}/info/", timeout=30).json()["models"].get(name, {}).get("weights", {})
     r = requests.post(f"{url}/train/{name}", json={"max_iterations": 1, "batch_size": 1, "augment": False,
-                                                   "model_selection": False}, timeout=60)
+                                                   "model_selection": False, "publish": "always"}, timeout=60)
     assert r.status_code == 200, r.text
     status = labeled_once.wait_for_training()
     assert status["status"] == "DONE", status

@@ -17,7 +17,8 @@ def test_put_label_then_train_then_infer_uses_new_weights(training_server, sampl
     _, before = infer(url, "unet3d", "subject_001")
     assert before["model_version"] == 1
 
-    r = requests.post(f"{url}/train/unet3d", json={"max_iterations": 2, "batch_size": 1, "augment": False},
+    r = requests.post(f"{url}/train/unet3d", json={"max_iterations": 2, "batch_size": 1, "augment": False,
+                                                         "publish": "always"},
                       timeout=60)
     assert r.status_code == 200, r.text
     status = training_server.wait_for_training()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
@@ -64,20 +63,3 @@ def restore_version(
 
 def _suffix(path: str) -> str:
     return ".nii.gz" if path.endswith(".nii.gz") else os.path.splitext(path)[1]
-
-
-def include_in_server() -> bool:
-    """Add the routes to the running MONAI Label server (once); False outside the server.
-
-    MONAI Label builds its FastAPI app in ``monailabel.app`` and offers no hook for an
-    app's own routes; the app instance is created inside that server's startup, so the
-    module is loaded by then. Task subprocesses (training, scoring) never load it.
-    """
-    server = sys.modules.get("monailabel.app")
-    if server is None:
-        return False
-    fastapi_app = server.app
-    if not any(getattr(route, "path", "").startswith(PREFIX) for route in fastapi_app.routes):
-        fastapi_app.include_router(router, prefix=settings.MONAI_LABEL_API_STR)
-        logger.info("label version routes added under %s%s", settings.MONAI_LABEL_API_STR, PREFIX)
-    return True

@@ -8,14 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
+import psutil
 import torch.distributed as dist
 from monailabel.interfaces.tasks.train import TrainTask
 
-from medseg.checkpoint import ModelStore, plan_of
+from medseg.checkpoint import ModelStore, plan_of, save_checkpoint
 from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
 from medseg.models import MODELS, ModelSpec
@@ -35,12 +35,13 @@ from medseg.pipeline.training import (
     pick_device,
     train_network,
 )
-from medseg.selection import evaluate_models, save_selection
+from medseg.selection import checkpoint_dice, evaluate_models, save_selection
 
 logger = logging.getLogger(__name__)
 
 
 MIN_CASES_TO_REPLAN = 5
+PUBLISH_POLICIES = ("if_not_worse", "always")
 
 
 REPLAN_SPACING_CHANGE = 0.2
@@ -50,6 +51,15 @@ def plans_differ(a: Plan, b: Plan) -> bool:
     if a.normalization != b.normalization or a.labels != b.labels:
         return True
     return any(abs(x - y) / x > REPLAN_SPACING_CHANGE for x, y in zip(a.target_spacing_mm, b.target_spacing_mm))
+
+
+def _process_alive(pid) -> bool:
+    if not pid:
+        return True  # older progress files: no way to tell
+    try:
+        return psutil.Process(int(pid)).status() != psutil.STATUS_ZOMBIE  # killed, not yet reaped
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _flag(value) -> bool:
@@ -103,12 +113,14 @@ class MedSegTrainTask(TrainTask):
         return {k: v for k, v in TrainConfig().__dict__.items() if k not in ("device",)}
 
     def stats(self):
-        if self.progress_path.exists():
-            try:
-                return json.loads(self.progress_path.read_text())
-            except ValueError:
-                return {}
-        return {}
+        try:
+            state = json.loads(self.progress_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if state.get("status") == "RUNNING" and not _process_alive(state.get("pid")):
+            # Killed (DELETE /train/, or the server stopped) before it could say so.
+            state["status"] = "STOPPED"
+        return state
 
     def update_model_selection(self, val_pairs: list[dict], device: str) -> None:
         """Score every model with weights, and their ensemble, on this datastore's validation split."""
@@ -169,6 +181,9 @@ class MedSegTrainTask(TrainTask):
 
     def __call__(self, request, datastore):
         config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
+        policy = str(request.get("publish", "if_not_worse"))
+        if policy not in PUBLISH_POLICIES:
+            raise MedSegInputError(f"publish must be one of {PUBLISH_POLICIES}, got {policy!r}")
         datalist = datastore.datalist()
         if not datalist:
             raise MedSegInputError("no image has a final label yet; submit at least one label before training")
@@ -180,6 +195,7 @@ class MedSegTrainTask(TrainTask):
                                               config.val_max_cases, config.seed)
         progress = TrainProgress(self.progress_path, {
             "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "pid": os.getpid(),
             "n_labels": len(datalist),
             "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
         progress.write()
@@ -191,7 +207,8 @@ class MedSegTrainTask(TrainTask):
         if not is_main_process():
             return {}  # torchrun: rank 0 publishes
         previous = self.store.load()
-        version = int(previous.get("version", 0)) + 1 if previous else 1
+        version = self.store.next_version()
+        val_pairs = [datalist[i] for i in val_idx]
         checkpoint = {
             "model": self.spec.name,
             "state_dict": result.state_dict,
@@ -209,17 +226,44 @@ class MedSegTrainTask(TrainTask):
             "source": "trained",
             **extra,
         }
-        if self.store.runtime_path.exists():
-            # Keep the weights we replace, for rollback.
-            shutil.copy2(self.store.runtime_path, self.store.runtime_path.with_name(f"model.v{version - 1}.pt"))
-        path = self.store.publish(checkpoint)
-        if self.peers and _flag(request.get("model_selection", True)):
-            self.update_model_selection([datalist[i] for i in val_idx], config.device)
-        progress.write(status="DONE", version=version, val_dice_per_label=result.val_dice_per_label,
-                       finished_at=checkpoint["trained_at"], seconds=round(result.seconds, 1))
-        logger.info("%s: published version %d to %s", self.spec.name, version, path)
-        return {"model": self.spec.name, "version": version, "val_dice_per_label": result.val_dice_per_label,
-                "iterations": result.iterations, "seconds": round(result.seconds, 1)}
+        comparison = self.compare_with_current(previous, checkpoint, val_pairs, config.device, policy)
+        checkpoint["val_comparison"] = comparison
+        summary = {"version": version, "published": comparison["publish"], "val_comparison": comparison,
+                   "val_dice_per_label": result.val_dice_per_label, "iterations": result.iterations,
+                   "seconds": round(result.seconds, 1)}
+        if comparison["publish"]:
+            self.store.archive_current()  # the replaced weights stay available for rollback
+            self.store.publish(checkpoint)
+            if self.peers and _flag(request.get("model_selection", True)):
+                self.update_model_selection(val_pairs, config.device)
+            logger.info("%s: published version %d", self.spec.name, version)
+        else:
+            # Worse on validation than what is served: keep the candidate for inspection only.
+            save_checkpoint(self.store.runtime_path.with_name(f"model.rejected.v{version}.pt"), checkpoint)
+            logger.warning("%s: version %d not published: %s", self.spec.name, version, comparison["reason"])
+        progress.write(status="DONE", finished_at=checkpoint["trained_at"], **summary)
+        return {"model": self.spec.name, **summary}
+
+    def compare_with_current(self, current: dict | None, candidate: dict, val_pairs: list[dict], device: str,
+                             policy: str) -> dict:
+        """Publish only weights whose validation Dice is not worse than the served weights'.
+
+        Both are scored the same way, on the same validation images, on their original
+        grids (their plans may differ). ``policy`` "always" skips the comparison.
+        """
+        if current is None:
+            return {"publish": True, "reason": "no weights were served"}
+        if policy == "always":
+            return {"publish": True, "reason": "publish=always"}
+        device = pick_device(device)
+        scores = {name: checkpoint_dice(self.spec, ckpt, val_pairs, self.labels, device)
+                  for name, ckpt in (("candidate", candidate), ("current", current))}
+        means = {name: float(sum(d.values()) / len(d)) for name, d in scores.items()}
+        publish = means["candidate"] >= means["current"]
+        return {"publish": publish, "reason": f"mean validation Dice {means['candidate']:.4f} (new) vs "
+                f"{means['current']:.4f} (version {current.get('version')})",
+                "dice_per_label": scores, "current_version": current.get("version"),
+                "val_images": [os.path.basename(p["image"]) for p in val_pairs]}
 
 
 class CascadeTrainTask(MedSegTrainTask):
