@@ -174,3 +174,24 @@ def test_preprocessed_cases_are_cached_on_disk_and_memory_mapped(tmp_path):
     assert isinstance(again.image, np.memmap) and isinstance(again.label, np.memmap)
     assert np.array_equal(first.image, again.image) and np.array_equal(first.label, again.label)
     assert again.bbox == first.bbox and len(again.foreground_vox) == int((first.label > 0).sum())
+
+
+def test_progress_reports_epoch_and_validation_dice_while_training():
+    from medseg.models import MODELS
+    from medseg.pipeline.preprocess import PreprocessedCase
+    from medseg.pipeline.training import TrainConfig, train_network
+
+    plan = tiny_plan()
+    label = np.zeros((24, 24, 24), np.uint8)
+    label[6:18, 6:18, 6:18] = 1
+    image = (label + np.random.default_rng(0).normal(0, 0.3, label.shape)).astype(np.float32)[None]
+    case = PreprocessedCase(image, label, label.shape, ((0, 24),) * 3, label.shape)
+    seen = []
+    result = train_network(MODELS["unet3d"].build(plan), plan, [case], [case],
+                           TrainConfig(max_iterations=6, batch_size=2, log_every=2, val_every=2, augment=False),
+                           progress=seen.append)
+    assert [e["iteration"] for e in seen] == [2, 4, 6]
+    assert [e["epoch"] for e in seen] == [4.0, 8.0, 12.0]  # batch 2, one case
+    assert all(set(e["val_dice_per_label"]) == {"a"} for e in seen[:2])
+    assert "val_dice_per_label" not in seen[2]  # the last one is the final validation's job
+    assert set(result.val_dice_per_label) == {"a"}

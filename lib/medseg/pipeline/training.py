@@ -52,6 +52,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 10
+    val_every: int = -1  # validate every N iterations while training (0: only at the end; -1: 5 times a run)
     # Data-parallel training (MONAI Label's option name): one process per GPU, or
     # world_size CPU processes with the gloo backend; 0 = every visible GPU.
     multi_gpu: bool = False
@@ -353,6 +354,9 @@ def train_network(
     gen = torch.Generator().manual_seed(config.seed + rank)
     references = [intensity_quantiles(np.array(c.image)) for c in train_cases] if config.augment else []
     batch_size = max(1, (config.batch_size or plan.batch_size) // world)
+    val_every = config.val_every
+    if val_every < 0:
+        val_every = config.max_iterations // 5 if config.max_iterations >= 100 else 0
     start = time.time()
     history = []
     loss_value = float("nan")
@@ -382,7 +386,14 @@ def train_network(
         loss_value = float(loss.detach())
         if (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations:
             entry = {"iteration": it + 1, "max_iterations": config.max_iterations, "loss": round(loss_value, 4),
-                     "lr": round(lr, 6), "seconds": round(time.time() - start, 1)}
+                     "lr": round(lr, 6), "seconds": round(time.time() - start, 1),
+                     # Epochs in nnU-Net's sense are arbitrary with random patches; this is
+                     # how many times, on average, each training case was sampled.
+                     "epoch": round((it + 1) * batch_size * world / max(1, len(train_cases)), 2)}
+            if rank == 0 and val_every and (it + 1) % val_every == 0 and it + 1 < config.max_iterations:
+                entry["val_dice_per_label"] = {k: round(v, 4) for k, v in
+                                               validate(network, val_cases, plan, device)[0].items()}
+                network.train()
             history.append(entry)
             if rank == 0:
                 logger.info("train %s", json.dumps(entry))
