@@ -33,7 +33,10 @@ class Server:
         self.log_path = self.studies.parent / f"server-{self.port}.log"
         cmd = ["monailabel", "start_server", "--app", str(APP_DIR), "--studies", str(self.studies),
                "--host", "127.0.0.1", "--port", str(self.port)]
-        for k, v in (conf or {}).items():
+        # Uncertainty scoring runs (MC dropout, TTA) that the server would start by itself cost
+        # minutes of CPU per server; tests that need them start them (tests/e2e/test_strategies.py).
+        conf = {"al_auto_scoring": "false", **(conf or {})}
+        for k, v in conf.items():
             cmd += ["--conf", k, v]
         env = dict(os.environ)
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

@@ -13,12 +13,15 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 
 import medseg
-from medseg.activelearning.scoring import DiceScoring
+from medseg.activelearning.reservations import Reservations
+from medseg.activelearning.scores import pick_model
+from medseg.activelearning.scoring import DiceScoring, UncertaintyScoring
+from medseg.activelearning.strategies import UncertaintyStrategy
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
-from medseg.errors import UnknownImageError
-from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask
+from medseg.errors import MedSegInputError, UnknownImageError
+from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, _flag
 from medseg.tasks.train import train_tasks
 
 logger = logging.getLogger(__name__)
@@ -72,21 +75,54 @@ class MedSegApp(MONAILabelApp):
         store = datastore or self.datastore()
         if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
             raise UnknownImageError(f"image '{image}' is not in the datastore; list images with GET /datastore/?output=all")
+        if _flag(request.get("save_label")) and any(_flag(request.get(k)) for k in ("uncertainty", "probabilities")):
+            # Those outputs are float maps, not label maps: storing one as a label would corrupt the datastore.
+            raise MedSegInputError("save_label stores label maps only; drop uncertainty/probabilities or save_label")
         return super().infer(request, datastore)
 
+    def uncertainty_model(self):
+        """The infer task whose network the uncertainty scores use (conf al_model); None without weights."""
+        return pick_model(self._infers, self.cfg.al_model)
+
+    def uncertainty_scoring(self) -> dict[str, UncertaintyScoring]:
+        # One instance per method, shared by the strategy and the scoring method of that name.
+        if not hasattr(self, "_uncertainty"):
+            self._uncertainty = {
+                m: UncertaintyScoring(m, self.uncertainty_model, self.cfg.work_dir, self.cfg.al_passes, self.cfg.al_dropout)
+                for m in ("epistemic", "tta")
+            }
+        return self._uncertainty
+
     def init_strategies(self):
-        return {"random": Random(), "first": First()}
+        reservations = Reservations(self.cfg.work_dir / "activelearning" / "reservations.json",
+                                    self.cfg.al_reservation_s)
+        uncertainty = {m: UncertaintyStrategy(s, reservations) for m, s in self.uncertainty_scoring().items()}
+        return {"random": Random(), "first": First(), **uncertainty}
 
     def init_scoring_methods(self):
-        return {"dice": DiceScoring(self.cfg.labels)}
+        return {"dice": DiceScoring(self.cfg.labels), **self.uncertainty_scoring()}
 
     def async_scoring(self, method, params=None):
         # MONAI Label starts every scoring method by itself (at start, after training, after
-        # each next-sample request), each in a new process of some 20 s of CPU; skip those
-        # automatic runs while no image has a label pair without a current score.
-        if not method and not DiceScoring.has_work(self.datastore()):
-            return {}
-        return super().async_scoring(method, params)
+        # each next-sample request), each in a new process of some 20 s of CPU; start only
+        # the methods that have work (Dice: a label pair without a current score; uncertainty:
+        # an unlabeled image without a score for the current weights) and are not queued yet.
+        if method:
+            return super().async_scoring(method, params)
+        result = {}
+        for name in self.methods_with_work():
+            result[name] = super().async_scoring(name, params)
+        return result
+
+    def methods_with_work(self) -> list[str]:
+        from monailabel.utils.async_tasks.utils import background_tasks
+
+        pending = {t["request"].get("method") for t in background_tasks.get("scoring", [])
+                   if t.get("status") in ("SUBMITTED", "RUNNING")}
+        automatic = {"dice"} | ({"epistemic", "tta"} if self.cfg.al_auto_scoring else set())
+        store = self.datastore()
+        return [name for name, m in self._scoring_methods.items()
+                if name in automatic and name not in pending and m.has_work(store)]
 
     def on_init_complete(self):
         # Runs only inside the server (not in task subprocesses): add the /medseg/... routes.

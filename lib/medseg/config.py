@@ -30,10 +30,15 @@ class AppConfig:
     tta: bool  # default for infer requests that do not say
     modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
     gpu_memory_gb: float  # planning budget for patch and batch size of plans made from the data
+    al_model: str = ""  # model the uncertainty strategies use: "" (first served with weights), "auto" or a name
+    al_passes: int = 5  # stochastic passes (MC dropout) or augmentations (TTA) per uncertainty score
+    al_dropout: float = 0.1  # feature-map dropout probability of the MC-dropout passes
+    al_reservation_s: float = 600.0  # an image served to one client is withheld from others this long
+    al_auto_scoring: bool = True  # let MONAI Label start uncertainty scoring runs by itself
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
-        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb"}
+        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", *ACTIVE_LEARNING_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             try:
@@ -67,8 +72,9 @@ class AppConfig:
             import logging
 
             logging.getLogger(__name__).warning("ignoring unknown --conf keys: %s", unknown)
+        models = select_models(conf.get("models", "all"))
         return cls(
-            models=select_models(conf.get("models", "all")),
+            models=models,
             labels=labels,
             device=device,
             work_dir=work_dir,
@@ -76,4 +82,31 @@ class AppConfig:
             tta=_bool("tta", conf.get("tta", "false")),
             modality=modality,
             gpu_memory_gb=gpu_memory_gb,
+            **_active_learning(conf, [m.name for m in models]),
         )
+
+
+ACTIVE_LEARNING_KEYS = ("al_model", "al_passes", "al_dropout", "al_reservation_s", "al_auto_scoring")
+
+
+def _number(conf: dict, name: str, default, kind, low, high):
+    try:
+        value = kind(conf.get(name, default))
+    except ValueError as e:
+        raise ConfigError(f"--conf {name} must be a number, got {conf[name]!r}") from e
+    if not low <= value <= high:
+        raise ConfigError(f"--conf {name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _active_learning(conf: dict, served: list[str]) -> dict:
+    al_model = str(conf.get("al_model", "")).strip()
+    if al_model not in ("", "auto", *served):
+        raise ConfigError(f"--conf al_model must be auto or a served model ({', '.join(served)}), got {al_model!r}")
+    return {
+        "al_model": al_model,
+        "al_passes": _number(conf, "al_passes", 5, int, 2, 64),
+        "al_dropout": _number(conf, "al_dropout", 0.1, float, 0.01, 0.5),
+        "al_reservation_s": _number(conf, "al_reservation_s", 600, float, 0, 7 * 24 * 3600),
+        "al_auto_scoring": _bool("al_auto_scoring", conf.get("al_auto_scoring", "true")),
+    }

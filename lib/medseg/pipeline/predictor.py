@@ -29,6 +29,18 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (*spatial, C) float32 softmax on the input grid, on request
 
 
+def voxel_entropy(probabilities: np.ndarray | torch.Tensor, axis: int = -1) -> np.ndarray:
+    """Shannon entropy (nats) of a softmax along ``axis``: 0 where one class is certain, ln(C) at most.
+
+    Applied to a mean softmax (over TTA passes, MC-dropout passes or ensemble members)
+    it is the predictive entropy, the usual voxel-wise uncertainty map.
+    """
+    p = torch.as_tensor(np.asarray(probabilities), dtype=torch.float64)
+    # 0 * log 0 is 0: clamping keeps log finite without changing the sum.
+    entropy = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=axis)
+    return entropy.clamp_min(0).numpy().astype(np.float32)
+
+
 class Predictor:
     def __init__(self, network: torch.nn.Module, plan: Plan, device: torch.device,
                  largest_component_labels: list[int] | None = None):

@@ -14,7 +14,7 @@ from medseg.checkpoint import ModelStore
 from medseg.errors import UnknownImageError
 from medseg.imageio import read_volume, write_like
 from medseg.models import ModelSpec
-from medseg.pipeline.predictor import Prediction, Predictor
+from medseg.pipeline.predictor import Prediction, Predictor, voxel_entropy
 from medseg.pipeline.training import pick_device
 from medseg.selection import best_choice, load_selection
 
@@ -40,20 +40,27 @@ class VolumeInferTask(InferTask):
         volume = read_volume(image_path)
         tta = _flag(request.get("tta", self._config.get("tta", False)))
         want_probs = _flag(request.get("probabilities", False))
+        want_entropy = _flag(request.get("uncertainty", False))
         with torch.inference_mode():
-            prediction, meta = self.predict(volume, tta, want_probs)
+            prediction, meta = self.predict(volume, tta, want_probs or want_entropy)
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="medseg_")
         os.close(fd)
-        if want_probs:
+        if want_entropy:
+            # Entropy of the (mean) softmax per voxel, 3D float32 on the image grid.
+            output = "uncertainty"
+            write_like(out_path, voxel_entropy(prediction.probabilities), volume, dtype=np.float32)
+        elif want_probs:
             # Softmax per class as a 4D volume (x, y, z, class) on the image grid.
+            output = "probabilities"
             write_like(out_path, prediction.probabilities, volume, dtype=np.float32)
         else:
+            output = "labels"
             write_like(out_path, prediction.labels, volume)
         return out_path, {
             "label_names": dict(self.labels),
             "latencies": prediction.latencies_s,
             "tta": tta,
-            "output": "probabilities" if want_probs else "labels",
+            "output": output,
             **meta,
         }
 

@@ -1,0 +1,61 @@
+"""Next-sample strategies that serve the unlabeled image the model is least sure about.
+
+They only read the score cache that the scoring methods of the same name fill in
+the background (scoring.UncertaintyScoring), so an answer costs two small JSON reads
+however many images there are; nothing is computed inline. Images without a score
+for the current weights (new images, new weights) come after the scored ones, in
+random order, until the next scoring run covers them.
+"""
+from __future__ import annotations
+
+import logging
+import random
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.strategy import Strategy
+
+from medseg.activelearning.reservations import Reservations
+from medseg.activelearning.scoring import UncertaintyScoring
+
+logger = logging.getLogger(__name__)
+
+
+def rank(images: list[str], scores: dict[str, dict], rng: random.Random) -> list[str]:
+    """Scored images by descending score (ties by id), then the unscored ones shuffled."""
+    scored = sorted((i for i in images if i in scores), key=lambda i: (-scores[i]["score"], i))
+    unscored = sorted(i for i in images if i not in scores)
+    rng.shuffle(unscored)
+    return scored + unscored
+
+
+class UncertaintyStrategy(Strategy):
+    def __init__(self, scoring: UncertaintyScoring, reservations: Reservations):
+        super().__init__(f"Unlabeled image with the highest uncertainty ({scoring.method} scoring, cached); "
+                         f"an image is withheld from other clients for {reservations.timeout_s:g} s after it is served")
+        self.scoring = scoring
+        self.reservations = reservations
+        self.rng = random.Random()
+
+    def __call__(self, request, datastore: Datastore):
+        images = datastore.get_unlabeled_images()
+        if not images:
+            return None
+        cache = self.scoring.cache()
+        scores = cache.load() if cache else {}
+        client_id = str(request.get("client_id") or "anonymous")
+        chosen = self.reservations.reserve_first(rank(images, scores, self.rng), client_id)
+        if chosen is None:
+            logger.info("%s: every unlabeled image is reserved by another client", self.scoring.method)
+            return None
+        entry = scores.get(chosen)
+        return {
+            "id": chosen,
+            self.scoring.method: {
+                "score": entry["score"] if entry else None,
+                "scored": entry is not None,
+                "model": cache.model if cache else None,
+                "model_version": cache.version if cache else None,
+            },
+            "client_id": client_id,
+            "reserved_for_s": self.reservations.timeout_s,
+        }
