@@ -11,8 +11,10 @@ import os
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.async_tasks.task import AsyncTask
 
 import medseg
+from medseg.activelearning.auto_train import AutoTrain
 from medseg.activelearning.reservations import Reservations
 from medseg.activelearning.scores import pick_model
 from medseg.activelearning.scoring import DiceScoring, UncertaintyScoring
@@ -124,6 +126,26 @@ class MedSegApp(MONAILabelApp):
         return [name for name, m in self._scoring_methods.items()
                 if name in automatic and name not in pending and m.has_work(store)]
 
+    def on_save_label(self, image_id, label_id):
+        result = super().on_save_label(image_id, label_id) or {}
+        auto = self.auto_train()
+        if auto is not None and auto.due(self.datastore()):
+            model = self.cfg.auto_train_model
+            task, _ = AsyncTask.run("train", request={"model": model, **(self.cfg.auto_train_options or {})})
+            if task:  # None while another training runs: the next label tries again
+                auto.started()
+                logger.info("auto_train_after %d reached: training %s", self.cfg.auto_train_after, model)
+            result["auto_train"] = {"model": model, "started": bool(task)}
+        return result
+
+    def auto_train(self) -> AutoTrain | None:
+        if self.cfg.auto_train_after <= 0:
+            return None
+        if not hasattr(self, "_auto_train"):
+            self._auto_train = AutoTrain(self.cfg.work_dir / "activelearning" / "auto_train.json",
+                                         self.cfg.auto_train_after)
+        return self._auto_train
+
     def on_init_complete(self):
         # Runs only inside the server (not in task subprocesses): add the /medseg/... routes.
         from medseg import model_versions_api
@@ -135,4 +157,5 @@ class MedSegApp(MONAILabelApp):
 
             routers.append(versions_api.router)
         include_in_server(*routers)
+        self.auto_train()  # start counting new final labels from now
         super().on_init_complete()

@@ -35,6 +35,9 @@ class AppConfig:
     al_dropout: float = 0.1  # feature-map dropout probability of the MC-dropout passes
     al_reservation_s: float = 600.0  # an image served to one client is withheld from others this long
     al_auto_scoring: bool = True  # let MONAI Label start uncertainty scoring runs by itself
+    auto_train_after: int = 0  # retrain after this many new final labels (0: never by itself)
+    auto_train_model: str = ""  # which model: "" = the first served one
+    auto_train_options: dict | None = None  # training options of the automatic runs (as in POST /train/)
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
@@ -86,7 +89,8 @@ class AppConfig:
         )
 
 
-ACTIVE_LEARNING_KEYS = ("al_model", "al_passes", "al_dropout", "al_reservation_s", "al_auto_scoring")
+ACTIVE_LEARNING_KEYS = ("al_model", "al_passes", "al_dropout", "al_reservation_s", "al_auto_scoring",
+                        "auto_train_after", "auto_train_model", "auto_train_options")
 
 
 def _number(conf: dict, name: str, default, kind, low, high):
@@ -109,4 +113,25 @@ def _active_learning(conf: dict, served: list[str]) -> dict:
         "al_dropout": _number(conf, "al_dropout", 0.1, float, 0.01, 0.5),
         "al_reservation_s": _number(conf, "al_reservation_s", 600, float, 0, 7 * 24 * 3600),
         "al_auto_scoring": _bool("al_auto_scoring", conf.get("al_auto_scoring", "true")),
+        **_auto_train(conf, served),
     }
+
+
+def _auto_train(conf: dict, served: list[str]) -> dict:
+    model = str(conf.get("auto_train_model", "")).strip() or (served[0] if served else "")
+    if model not in served:
+        raise ConfigError(f"--conf auto_train_model must be a served model ({', '.join(served)}), got {model!r}")
+    try:
+        options = json.loads(conf.get("auto_train_options") or "{}")
+    except ValueError as e:
+        raise ConfigError(f"--conf auto_train_options must be a JSON object, got {conf['auto_train_options']!r}") from e
+    if not isinstance(options, dict):
+        raise ConfigError("--conf auto_train_options must be a JSON object of training options")
+    from medseg.pipeline.training import TrainConfig
+
+    try:
+        TrainConfig.from_request(options)  # refuse bad values at start, not at the first automatic run
+    except Exception as e:
+        raise ConfigError(f"--conf auto_train_options: {getattr(e, 'detail', e)}") from e
+    return {"auto_train_after": _number(conf, "auto_train_after", 0, int, 0, 100000),
+            "auto_train_model": model, "auto_train_options": options}

@@ -30,3 +30,16 @@ def test_parsed_values(tmp_path):
                                "models": "unet3d", "gpu_memory_gb": "24"}, str(tmp_path), str(tmp_path))
     assert cfg.labels == {"liver": 1, "tumour": 2} and cfg.tta and cfg.modality == "CT"
     assert [m.name for m in cfg.models] == ["unet3d"] and cfg.gpu_memory_gb == 24.0
+
+
+def test_auto_train_settings(tmp_path):
+    cfg = AppConfig.from_conf({"models": "unet3d,unet2d", "auto_train_after": "3",
+                               "auto_train_options": '{"max_iterations":50}'}, str(tmp_path), str(tmp_path))
+    assert cfg.auto_train_after == 3 and cfg.auto_train_model == "unet3d"
+    assert cfg.auto_train_options == {"max_iterations": 50}
+    assert AppConfig.from_conf({}, str(tmp_path), str(tmp_path)).auto_train_after == 0  # off by default
+    for bad in ({"auto_train_after": "-1"}, {"auto_train_model": "vnet", "models": "unet3d"},
+                {"auto_train_options": "{max_iterations: 5"}, {"auto_train_options": "[1]"},
+                {"auto_train_options": '{"max_iterations":0}'}):
+        with pytest.raises(ConfigError, match="auto_train"):
+            AppConfig.from_conf(bad, str(tmp_path), str(tmp_path))
