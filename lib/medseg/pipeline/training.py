@@ -384,13 +384,14 @@ def train_network(
         scaler.step(optimizer)
         scaler.update()
         loss_value = float(loss.detach())
-        if (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations:
+        validate_now = bool(val_every) and (it + 1) % val_every == 0 and it + 1 < config.max_iterations
+        if (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations or validate_now:
             entry = {"iteration": it + 1, "max_iterations": config.max_iterations, "loss": round(loss_value, 4),
                      "lr": round(lr, 6), "seconds": round(time.time() - start, 1),
                      # Epochs in nnU-Net's sense are arbitrary with random patches; this is
                      # how many times, on average, each training case was sampled.
                      "epoch": round((it + 1) * batch_size * world / max(1, len(train_cases)), 2)}
-            if rank == 0 and val_every and (it + 1) % val_every == 0 and it + 1 < config.max_iterations:
+            if rank == 0 and validate_now:
                 entry["val_dice_per_label"] = {k: round(v, 4) for k, v in
                                                validate(network, val_cases, plan, device)[0].items()}
                 network.train()
