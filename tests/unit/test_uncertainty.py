@@ -189,9 +189,11 @@ def test_pick_model_first_with_weights_named_or_auto(tmp_path):
     from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask
 
     labels = {"grey_matter": 1, "white_matter": 2}
-    tasks = {name: MedSegInferTask(MODELS[name], ModelStore(name, APP_DIR / "model", tmp_path / "models"),
+    # vnet listed first but without weights (its store looks in an empty folder), unet3d with its shipped ones.
+    shipped = {"vnet": tmp_path / "no-weights", "unet3d": APP_DIR / "model"}
+    tasks = {name: MedSegInferTask(MODELS[name], ModelStore(name, shipped[name], tmp_path / "models"),
                                    labels, "cpu", False)
-             for name in ("vnet", "unet3d")}  # vnet has no shipped weights
+             for name in ("vnet", "unet3d")}
     members = list(tasks.values())
     ensemble = EnsembleInferTask(members, labels, False)
     infers = {**tasks, "ensemble": ensemble, "auto": AutoInferTask(members, labels, False, ensemble, tmp_path)}
