@@ -133,7 +133,7 @@ class MedSegApp(MONAILabelApp):
             model = self.cfg.auto_train_model
             task, _ = AsyncTask.run("train", request={"model": model, **(self.cfg.auto_train_options or {})})
             if task:  # None while another training runs: the next label tries again
-                auto.started()
+                auto.started(self.datastore())
                 logger.info("auto_train_after %d reached: training %s", self.cfg.auto_train_after, model)
             result["auto_train"] = {"model": model, "started": bool(task)}
         return result
@@ -143,7 +143,7 @@ class MedSegApp(MONAILabelApp):
             return None
         if not hasattr(self, "_auto_train"):
             self._auto_train = AutoTrain(self.cfg.work_dir / "activelearning" / "auto_train.json",
-                                         self.cfg.auto_train_after)
+                                         self.cfg.auto_train_after, self.datastore())
         return self._auto_train
 
     def on_init_complete(self):
