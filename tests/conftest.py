@@ -69,13 +69,17 @@ class Server:
         self.log.close()
 
     def wait_for_training(self, timeout_s: float = 900) -> dict:
+        return self.wait_for_task("train", timeout_s)
+
+    def wait_for_task(self, kind: str, timeout_s: float = 900) -> dict:
+        """The last background task of a kind (``train``, ``scoring``) once it ended."""
         deadline = time.time() + timeout_s
         while time.time() < deadline:
-            status = requests.get(f"{self.url}/train/", timeout=10).json()
+            status = requests.get(f"{self.url}/{kind}/", timeout=10).json()
             if status.get("status") in ("DONE", "ERROR"):
                 return status
             time.sleep(2)
-        raise TimeoutError("training did not finish")
+        raise TimeoutError(f"{kind} did not finish")
 
 
 @pytest.fixture(scope="session")

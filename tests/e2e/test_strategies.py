@@ -34,16 +34,6 @@ def next_sample(url, strategy, client_id):
     return r.json(), time.perf_counter() - t0
 
 
-def wait_for_scoring(url, timeout_s=900) -> dict:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        status = requests.get(f"{url}/scoring/", timeout=10).json()
-        if status.get("status") in ("DONE", "ERROR"):
-            return status
-        time.sleep(2)
-    raise TimeoutError("scoring did not finish")
-
-
 def cached_scores(server) -> dict:
     path = server.studies / ".medseg" / "uncertainty" / "unet3d_v1_epistemic.json"
     return json.loads(path.read_text())["scores"]
@@ -68,7 +58,7 @@ def test_strategy_answers_before_any_scoring_without_computing(al_server):
 def test_epistemic_scoring_scores_every_unlabeled_image(al_server):
     r = requests.post(f"{al_server.url}/scoring/epistemic", json={"passes": 2}, timeout=30)
     assert r.status_code == 200, r.text
-    status = wait_for_scoring(al_server.url)
+    status = al_server.wait_for_task("scoring")
     assert status["status"] == "DONE", status
     scores = cached_scores(al_server)
     assert set(scores) == UNLABELED  # the image with a final label is not scored
