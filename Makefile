@@ -26,7 +26,7 @@ data: install
 		--out $(WORK)/pseudo-subjects/studies --studies $(STUDIES)
 
 serve: data
-	@echo "MedSeg: MONAI Label server on http://$(HOST):$(PORT)/ (3D Slicer: MONAI Label module -> this URL; curl http://$(HOST):$(PORT)/info/)"
+	@echo "MedSeg: MONAI Label server on http://$(HOST):$(PORT)/ (3D Slicer: MedSeg module (slicer_extension/) or MONAI Label module -> this URL; curl http://$(HOST):$(PORT)/info/)"
 	PATH="$(BIN):$$PATH" monailabel start_server --app apps/medseg --studies $(STUDIES) \
 		--host $(HOST) --port $(PORT) $(CONF)
 
