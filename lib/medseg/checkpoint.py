@@ -39,9 +39,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 class ModelStore:
     """Where one model's current weights are, with reload when they change on disk."""
 
-    def __init__(self, name: str, shipped_dir: Path, runtime_dir: Path):
+    def __init__(self, name: str, shipped_dir: Path | None, runtime_dir: Path):
         self.name = name
-        self.shipped_path = Path(shipped_dir) / name / CHECKPOINT_NAME
+        # No shipped folder: a path that never exists, so every lookup below stays the same.
+        self.shipped_path = Path(shipped_dir) / name / CHECKPOINT_NAME if shipped_dir else Path(os.devnull) / CHECKPOINT_NAME
         self.runtime_path = Path(runtime_dir) / name / CHECKPOINT_NAME
         self._lock = threading.Lock()
         self._cached: tuple[str, int, dict] | None = None

@@ -26,7 +26,7 @@ class AppConfig:
     labels: dict[str, int]
     device: str  # "auto", "cpu", "cuda", "cuda:1"
     work_dir: Path  # published weights, caches, training progress
-    shipped_model_dir: Path
+    shipped_model_dir: Path | None  # None: ignore the shipped weights (conf shipped_weights false)
     tta: bool  # default for infer requests that do not say
     modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
     gpu_memory_gb: float  # planning budget for patch and batch size of plans made from the data
@@ -41,7 +41,8 @@ class AppConfig:
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
-        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", *ACTIVE_LEARNING_KEYS}
+        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", "shipped_weights",
+                 *ACTIVE_LEARNING_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             try:
@@ -81,7 +82,9 @@ class AppConfig:
             labels=labels,
             device=device,
             work_dir=work_dir,
-            shipped_model_dir=Path(app_dir) / "model",
+            # Without the shipped weights every model starts from scratch on the datastore's own labels
+            # (other anatomy, or a benchmark that must not start from a trained brain model).
+            shipped_model_dir=Path(app_dir) / "model" if _bool("shipped_weights", conf.get("shipped_weights", "true")) else None,
             tta=_bool("tta", conf.get("tta", "false")),
             modality=modality,
             gpu_memory_gb=gpu_memory_gb,

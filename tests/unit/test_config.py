@@ -43,3 +43,18 @@ def test_auto_train_settings(tmp_path):
                 {"auto_train_options": '{"max_iterations":0}'}):
         with pytest.raises(ConfigError, match="auto_train"):
             AppConfig.from_conf(bad, str(tmp_path), str(tmp_path))
+
+
+def test_shipped_weights_can_be_ignored(tmp_path):
+    from medseg.checkpoint import model_stores
+
+    app = tmp_path / "app"
+    (app / "model" / "unet3d").mkdir(parents=True)
+    (app / "model" / "unet3d" / "model.pt").write_bytes(b"x")
+    with_shipped = model_stores(AppConfig.from_conf({"models": "unet3d"}, str(tmp_path / "s"), str(app)))
+    assert with_shipped["unet3d"].current_path() == app / "model" / "unet3d" / "model.pt"
+    without = model_stores(AppConfig.from_conf({"models": "unet3d", "shipped_weights": "false"},
+                                               str(tmp_path / "s"), str(app)))
+    assert without["unet3d"].current_path() is None and without["unet3d"].load() is None
+    with pytest.raises(ConfigError):
+        AppConfig.from_conf({"shipped_weights": "perhaps"}, str(tmp_path), str(tmp_path))
