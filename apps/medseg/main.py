@@ -22,7 +22,7 @@ from medseg.activelearning.strategies import UncertaintyStrategy
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
-from medseg.errors import MedSegInputError, UnknownImageError
+from medseg.errors import MedSegInputError, UnknownImageError, UnknownModelError
 from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, _flag
 from medseg.tasks.train import train_tasks
 
@@ -47,7 +47,10 @@ class MedSegApp(MONAILabelApp):
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):
-            return super().init_datastore()
+            # Not MONAI Label's own DICOMweb setup, which downloads dcmqi from GitHub at start.
+            from medseg.datastore.dicomweb import dicomweb_datastore
+
+            return dicomweb_datastore(self.studies, self.cfg.labels, self.cfg.work_dir)
         from monailabel.config import settings
 
         return MedSegLocalDatastore(
@@ -73,6 +76,9 @@ class MedSegApp(MONAILabelApp):
         return train_tasks(self.cfg, self.stores)
 
     def infer(self, request, datastore=None):
+        model = request.get("model")
+        if model and model not in self._infers:
+            raise UnknownModelError(f"model '{model}' is not served here; served models: {', '.join(self._infers)}")
         image = request.get("image")
         store = datastore or self.datastore()
         if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
@@ -157,5 +163,12 @@ class MedSegApp(MONAILabelApp):
 
             routers.append(versions_api.router)
         include_in_server(*routers)
+        # infer output=dicom_seg: our offline SEG writer instead of MONAI Label's dcmqi download;
+        # image download of DICOM series (folders), which MONAI Label's route cannot serve.
+        from medseg.datastore import image_download
+        from medseg.dicom import infer_output
+
+        infer_output.install()
+        image_download.install()
         self.auto_train()  # start counting new final labels from now
         super().on_init_complete()

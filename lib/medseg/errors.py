@@ -33,3 +33,7 @@ class UnknownImageError(MedSegInputError):
 
 class UnsupportedMediaError(MedSegInputError):
     http_status = 415
+
+
+class UnknownModelError(MedSegInputError):
+    http_status = 404

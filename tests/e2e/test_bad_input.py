@@ -29,7 +29,8 @@ def test_unknown_image_id_is_404(server, unchanged):
 
 def test_unknown_model_is_rejected(server, unchanged):
     r = requests.post(f"{server.url}/infer/not_a_model", params={"image": "subject_000"}, timeout=60)
-    assert r.status_code >= 400
+    assert r.status_code == 404
+    assert "not_a_model" in r.json()["detail"] and "unet3d" in r.json()["detail"]
 
 
 def test_corrupt_image_upload_is_rejected(server, tmp_path, unchanged):

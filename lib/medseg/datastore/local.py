@@ -7,6 +7,15 @@ undeclared values is refused with a 4xx and nothing is stored), and files and
 the index are replaced atomically, so a crash mid-save leaves the previous
 version intact.
 
+DICOM series live next to the NIfTI files: a sub-folder of the studies folder that
+holds one series' DICOM files (one file per slice) is an image whose id is the
+folder name and whose URI is the folder (``medseg.imageio.read_volume`` reads it);
+its labels are NIfTI files on its grid, like every other label. ``PUT
+/datastore/image`` takes a series as a ``.zip`` of its files: it is unpacked into a
+hidden staging folder inside the studies folder, read and checked as a series
+(``medseg.dicom.series``) and only then renamed into place, so a bad series stores
+nothing and a good one appears whole.
+
 Every ``final`` label is also kept as a numbered version (``versions.py``), so a
 new submission never overwrites the clinician's earlier work, and any version can
 be restored (as a new version). The index may be rewritten by a task subprocess
@@ -22,17 +31,18 @@ import shutil
 import tempfile
 import threading
 import time
+import zipfile
 from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, LocalDatastore, LocalDatastoreModel
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from medseg.datastore.versions import LabelVersionStore, file_sha256
 from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
-from medseg.imageio import NIFTI_SUFFIXES, Volume, read_volume, write_like
+from medseg.imageio import NIFTI_SUFFIXES, Volume, is_dicom_file, read_volume, write_like
 from medseg.labels import check_label_against_image, remap_label_values
 
 logger = logging.getLogger(__name__)
@@ -40,6 +50,14 @@ logger = logging.getLogger(__name__)
 FINAL = DefaultLabelTag.FINAL.value
 ORIGINAL = DefaultLabelTag.ORIGINAL.value
 VERSIONS_DIR = "versions"  # <studies>/labels/versions/<image_id>/; not a label tag
+SERIES_EXT = ""  # a DICOM series image: its file name is the folder name, the image id
+# Limits on an uploaded series archive (a zip bomb must not fill the disk).
+MAX_SERIES_FILES = 10000
+MAX_SERIES_BYTES = 8 * 1024**3
+
+
+class ImageIdConflictError(MedSegInputError):
+    http_status = 409
 
 
 def _atomic_copy(src: str, dest: str) -> None:
@@ -53,9 +71,42 @@ def _nifti_suffix(filename: str) -> str:
         if filename.lower().endswith(suffix):
             return suffix
     raise UnsupportedMediaError(
-        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz); "
-        "convert it first (DICOM series are read from the studies folder)"
+        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz) "
+        "or a .zip of a DICOM series; convert it first"
     )
+
+
+def _is_series_folder(path: str) -> bool:
+    """A folder whose first (visible) file is DICOM; read_series checks the rest when it is read."""
+    try:
+        names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+    except OSError:
+        return False
+    return any(is_dicom_file(os.path.join(path, n)) for n in names[:1] if os.path.isfile(os.path.join(path, n)))
+
+
+def _unpack_series_zip(archive: str, dest: str) -> None:
+    """Unpack every file of ``archive`` flat into ``dest`` (sub-folders dropped, so no path escapes dest)."""
+    if not zipfile.is_zipfile(archive):
+        raise UnsupportedMediaError("the upload is not a valid .zip archive; zip the series' DICOM files")
+    total, count, used = 0, 0, set()
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            base = os.path.basename(member.filename.replace("\\", "/"))
+            # Folders, and what archivers add beside the files (macOS resource forks, dot files).
+            if member.is_dir() or not base or base.startswith(".") or member.filename.startswith("__MACOSX/"):
+                continue
+            count += 1
+            if count > MAX_SERIES_FILES:
+                raise MedSegInputError(f"the archive holds more than {MAX_SERIES_FILES} files; upload one series")
+            name = base if base not in used else f"{count:05d}_{base}"
+            used.add(name)
+            with zf.open(member) as src, open(os.path.join(dest, name), "wb") as out:
+                while chunk := src.read(1 << 20):
+                    total += len(chunk)
+                    if total > MAX_SERIES_BYTES:
+                        raise MedSegInputError(f"the archive unpacks to more than {MAX_SERIES_BYTES >> 30} GiB")
+                    out.write(chunk)
 
 
 class MedSegLocalDatastore(LocalDatastore):
@@ -68,10 +119,98 @@ class MedSegLocalDatastore(LocalDatastore):
     # ---------------------------------------------------------------- images
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        lower = os.path.basename(image_filename).lower()
+        if lower.endswith(".zip"):
+            return self._add_series(image_id, image_filename, image_info)
+        if lower.endswith(".dcm") or is_dicom_file(image_filename):
+            # One file: a single slice (refused as such), a multi-frame or a non-image object,
+            # each with its own message from the series reader.
+            from medseg.dicom.series import read_series
+
+            read_series([image_filename], what="the uploaded DICOM file")
         _nifti_suffix(image_filename)
         read_volume(image_filename, what="the uploaded image")  # raises a 4xx for anything that is not a readable 3D volume
         self._sync()  # the base class writes its in-memory index back; start from the file's
+        id_from_name, _ = self._to_id(os.path.basename(image_filename))
+        self._check_image_id_free(image_id or id_from_name, SERIES_EXT, "a DICOM series")
         return super().add_image(image_id, image_filename, image_info)
+
+    def _add_series(self, image_id: str, archive: str, image_info: dict[str, Any]) -> str:
+        """Store a zipped DICOM series as the folder ``<studies>/<image_id>/``, validated first."""
+        from medseg.dicom.series import read_series
+
+        image_id = image_id or os.path.basename(archive)[: -len(".zip")]
+        self._check_series_id(image_id)
+        images_dir = self._datastore.image_path()
+        # Staged inside the studies folder (one filesystem, so the final rename is atomic) under
+        # a hidden name, which the index reconcile and the file watcher both ignore.
+        staging = tempfile.mkdtemp(prefix=f".upload-{image_id}-", dir=images_dir)
+        try:
+            _unpack_series_zip(archive, staging)
+            volume = read_series(staging, what="the uploaded series")
+            first = volume.dicom[0]
+            info = {
+                **(image_info or {}),
+                "format": "dicom",
+                "modality": volume.modality,
+                "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
+                "study_instance_uid": str(first.get("StudyInstanceUID", "")),
+                "n_slices": volume.shape[2],
+            }
+            dest = os.path.join(images_dir, image_id)
+            with self._locked():
+                self._reload_if_changed()
+                self._check_image_id_free(image_id, None, "a NIfTI image")
+                replaced = None
+                if os.path.isdir(dest):  # a new upload of the same id replaces the series, as for NIfTI
+                    replaced = tempfile.mkdtemp(prefix=f".replaced-{image_id}-", dir=images_dir)
+                    os.replace(dest, os.path.join(replaced, "series"))
+                os.replace(staging, dest)
+                info["ts"] = int(time.time())
+                info["name"] = image_id
+                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=SERIES_EXT))
+                self._update_datastore_file(lock=False)
+            if replaced:
+                shutil.rmtree(replaced, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
+        logger.info("added DICOM series %s (%s, %d slices)", image_id, info["modality"], info["n_slices"])
+        return image_id
+
+    def _check_series_id(self, image_id: str) -> None:
+        labels_dir = os.path.basename(os.path.normpath(self._datastore.label_path(None)))
+        if (not image_id or image_id.startswith(".") or "/" in image_id or os.sep in image_id
+                or image_id == labels_dir):
+            raise MedSegInputError(f"{image_id!r} cannot name a series folder; pick an image id without '/', "
+                                   f"not starting with '.' and other than '{labels_dir}'")
+
+    def _check_image_id_free(self, image_id: str, other_ext: str | None, other_kind: str) -> None:
+        """Refuse an id held by an image of the other kind (NIfTI vs series); same kind replaces."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return
+        if (other_ext is None and obj.image.ext != SERIES_EXT) or (other_ext is not None and obj.image.ext == other_ext):
+            raise ImageIdConflictError(f"image id '{image_id}' is already used by {other_kind}; "
+                                       "pick another id (?image=...) or remove that image first")
+
+    def _add_non_existing_images(self) -> int:
+        """NIfTI files (the base class), then series folders found in the studies folder."""
+        invalidate = super()._add_non_existing_images()
+        images_dir = self._datastore.image_path()
+        skip = {os.path.realpath(self._datastore.label_path(None))}
+        for name in sorted(os.listdir(images_dir)):
+            path = os.path.join(images_dir, name)
+            if name.startswith(".") or not os.path.isdir(path) or os.path.realpath(path) in skip:
+                continue
+            if name in self._datastore.objects:
+                continue  # listed already (or a NIfTI image holds the id: uploads refuse such pairs)
+            if not _is_series_folder(path):
+                continue
+            logger.info("Adding new DICOM series: %s", name)
+            info = {"ts": int(time.time()), "name": name, "format": "dicom"}
+            self._datastore.objects[name] = ImageLabelModel(image=DataModel(info=info, ext=SERIES_EXT))
+            invalidate += 1
+        return invalidate
 
     def get_image_info(self, image_id: str) -> dict[str, Any]:
         self._sync()

@@ -12,8 +12,10 @@ from medseg.pipeline.preprocess import nonzero_bbox
 FOREGROUND_SAMPLES_PER_CASE = 10000
 
 
-def fingerprint_case(name: str, image: np.ndarray, spacing_mm, label: np.ndarray, rng) -> CaseFingerprint:
-    """Spacing, size after cropping to the nonzero region, and foreground intensity samples."""
+def fingerprint_case(name: str, image: np.ndarray, spacing_mm, label: np.ndarray, rng,
+                     modality: str | None = None) -> CaseFingerprint:
+    """Spacing, size after cropping to the nonzero region, foreground intensity samples,
+    and the DICOM modality when the image is a DICOM series (planning prefers it to the conf value)."""
     bbox = nonzero_bbox(image)
     fg = image[label > 0]
     if fg.size > FOREGROUND_SAMPLES_PER_CASE:
@@ -23,6 +25,7 @@ def fingerprint_case(name: str, image: np.ndarray, spacing_mm, label: np.ndarray
         spacing_mm=[float(s) for s in spacing_mm],
         shape_after_crop_vox=[b - a for a, b in bbox],
         foreground_samples=[float(x) for x in fg],
+        modality=modality,
     )
 
 
@@ -33,5 +36,6 @@ def fingerprint_files(pairs: list[dict], seed: int = 0) -> list[CaseFingerprint]
     for d in pairs:
         image = read_volume(d["image"])
         label = read_volume(d["label"], dtype=np.float32)
-        out.append(fingerprint_case(os.path.basename(d["image"]), image.array, image.spacing_mm, label.array, rng))
+        out.append(fingerprint_case(os.path.basename(d["image"]), image.array, image.spacing_mm, label.array, rng,
+                                    modality=image.modality))
     return out

@@ -14,7 +14,9 @@ nnU-Net v2 ``ExperimentPlanner``:
 * an axis is pooled only while it has at least 8 voxels and its spacing is within
   2x of the finest axis (so anisotropic axes are pooled later);
 * CT: clip to foreground 0.5/99.5 percentiles, z-score with dataset foreground
-  statistics; everything else: per-image z-score;
+  statistics; everything else: per-image z-score. The modality is the one most
+  training images carry in their DICOM Modality tag (0008,0060) when they are
+  DICOM series with CT or MR; otherwise the configured one (conf ``modality``);
 * the low-resolution stage of the cascade coarsens the spacing in steps of 3%,
   on anisotropic data only the fine axes until they are within 2x of the coarse
   one (nnU-Net v2's 3d_lowres rule), and re-plans the patch at each step.
@@ -54,6 +56,7 @@ class CaseFingerprint:
     spacing_mm: list[float]
     shape_after_crop_vox: list[int]
     foreground_samples: list[float] = field(default_factory=list, repr=False)
+    modality: str | None = None  # DICOM Modality of the image ("CT", "MR", ...); None for NIfTI
 
 
 @dataclass
@@ -84,6 +87,7 @@ class Plan:
     stage: str = "fullres"
     previous_stage_channels: int = 0
     previous_stage_spacing_mm: list[float] | None = None
+    modality_source: str = "conf"  # "dicom": the training images' Modality tags decided; "conf": --conf modality
 
     @property
     def n_classes(self) -> int:
@@ -218,6 +222,25 @@ def lowres_spacing(cases: list[CaseFingerprint], spacing: list[float], budget_by
         sp = coarser
 
 
+def modality_of_cases(cases: list[CaseFingerprint], configured: str) -> tuple[str, str]:
+    """(modality, source): the majority of the cases' DICOM modalities among CT and MR, else ``configured``.
+
+    The tags describe the data itself, while the conf value is one setting for the
+    whole server; NIfTI images carry no modality, so a NIfTI-only dataset keeps the
+    conf value. A tie keeps the conf value when it is among the tied ones.
+    """
+    counts: dict[str, int] = {}
+    for c in cases:
+        m = (c.modality or "").upper()
+        if m in ("CT", "MR"):
+            counts[m] = counts.get(m, 0) + 1
+    if not counts:
+        return configured.upper(), "conf"
+    top = max(counts.values())
+    winners = sorted(m for m, n in counts.items() if n == top)
+    return (configured.upper() if configured.upper() in winners else winners[0]), "dicom"
+
+
 def make_plan(
     cases: list[CaseFingerprint],
     labels: dict[str, int],
@@ -240,6 +263,7 @@ def make_plan(
         raise ValueError(f"unknown stage {stage!r}; one of {STAGES}")
     if stage != "fullres" and spatial_dims != 3:
         raise ValueError("the cascade is 3D only")
+    modality, modality_source = modality_of_cases(cases, modality)
     spacings = np.array([c.spacing_mm for c in cases])
     spacing = target_spacing(spacings)
     max_features = max_features or (320 if spatial_dims == 3 else 512)
@@ -298,6 +322,7 @@ def make_plan(
         slice_axis=slice_axis,
         stage=stage,
         previous_stage_channels=len(labels) if stage == "cascade_fullres" else 0,
+        modality_source=modality_source,
         previous_stage_spacing_mm=lowres if stage == "cascade_fullres" else None,
     )
     if fg.size > 1:

@@ -33,7 +33,8 @@ class VolumeInferTask(InferTask):
 
     def __call__(self, request):
         image_path = request.get("image")
-        if not isinstance(image_path, str) or not image_path or not os.path.isfile(image_path):
+        # A file (NIfTI) or a folder (a DICOM series); read_volume tells them apart.
+        if not isinstance(image_path, str) or not image_path or not os.path.exists(image_path):
             raise UnknownImageError(
                 f"image {request.get('image')!r} is not in the datastore; list images with GET /datastore/?output=all"
             )

@@ -1,0 +1,1 @@
+"""DICOM input and output: series -> Volume (``series``) and label map <-> DICOM SEG (``seg``)."""
