@@ -1,0 +1,865 @@
+"""Benchmark suite: our models against nnU-Net v2 and MONAI Label's sample app, same data, same machine.
+
+One command trains every model of the app and both peers on the same pseudo-subjects with
+the same budget (iterations, patch, batch, training/validation split), scores them with the
+same code (bench/metrics.py: Dice and HD95 per label) on held-out pseudo-subjects and on the
+original 1 mm template, measures end-to-end inference on the 1 mm template through each
+one's real interface (REST for the two MONAI Label apps, a warm nnU-Net predictor and the
+``nnUNetv2_predict`` command for nnU-Net), training speed and peak memory, and on a GPU the
+achieved FLOP/s of each network's forward pass against the GPU's peak.
+
+* ours: a real MedSeg server (bench/server.py) with ``shipped_weights false`` (from
+  scratch) and ``al_auto_scoring false``; labels are submitted through REST and every
+  model is trained with ``POST /train/<model>`` (``publish always``, no model selection,
+  ``seed`` 0, validation only at the end); its plan comes from the data and conf
+  ``gpu_memory_gb`` (the memory budget sizes patch and batch);
+* nnU-Net v2 (bench/peers/nnunet.py): its own commands in its own virtual environment,
+  its plan edited to our unet3d's (same network), our split, our iteration budget;
+* MONAI Label's radiology sample app, model ``segmentation`` (SegResNet), from the
+  monailabel wheel (bench/peers/monailabel_segmentation.py): its stock recipe with our
+  patch (rounded up to SegResNet's multiple of 8) and spacing, our split, batch and budget.
+
+Writes bench/results/suite_<mode>.json, bench/results/suite_<mode>.png and the table
+between the ``suite`` markers in bench/README.md and README.md.
+
+    python bench/suite.py --quick                 # CPU, minutes: unet3d and both peers, coarse data
+    python bench/suite.py                         # full: every model, native resolution (for a GPU machine)
+    python bench/suite.py --quick --models unet3d,unet2d --peers nnunet --iterations 20
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "bench" / "peers"))
+
+from common import machine_info, update_readme_table  # noqa: E402
+from metrics import json_number, mean_scores, score  # noqa: E402
+from monitor import ProcessTreeMonitor  # noqa: E402
+from server import BenchServer  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+WORK = REPO / "bench" / "work" / "suite"
+NNUNET = "nnU-Net v2"
+SEGRESNET = "MONAI Label segmentation"
+
+# Budgets of the two modes. Quick fits a 2-core CPU in minutes: one model, 3 mm data (the
+# 1 mm template is still what the speed is measured on: the servers resample it), a patch
+# sized by a 0.25 GB planning budget (48^3 at 3 mm: a 3-stage 32-64-128 U-Net). Full is
+# for a GPU machine: every model, the pseudo-subjects at their own 1.2-1.8 mm spacing,
+# nnU-Net's 8 GB planning budget.
+MODES = {
+    "quick": {"models": "unet3d", "iterations": 20, "spacing_mm": 3.0, "n_train": 6, "n_heldout": 2,
+              "gpu_memory_gb": 0.25, "repeats": 3, "tta_repeats": 2},
+    "full": {"models": "all", "iterations": 1000, "spacing_mm": None, "n_train": 20, "n_heldout": 5,
+             "gpu_memory_gb": 8.0, "repeats": 5, "tta_repeats": 5},
+}
+
+# Dense peak throughput of known GPUs (vendor data sheets, without sparsity), FLOP/s:
+# (FP16/BF16 tensor core, FP32). The forward pass is timed under autocast FP16, as the
+# app's inference runs it on a GPU, so the FP16 tensor peak is the roofline.
+GPU_PEAKS = [
+    ("H100 PCIe", 756e12, 51e12),
+    ("H100 NVL", 835e12, 60e12),
+    ("H200", 989e12, 67e12),
+    ("H100", 989e12, 67e12),  # SXM
+    ("A100", 312e12, 19.5e12),
+    ("L40S", 362e12, 91.6e12),
+]
+
+# SegResNet halves the resolution at each of its 3 downsamplings (blocks_down 1-2-2-4):
+# inputs must be multiples of 8.
+SEGRESNET_DIVISOR = 8
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- data
+
+
+def prepare_data(mode: dict) -> dict:
+    """Train and held-out pseudo-subjects (fixed seeds), resampled when the mode says, and the template."""
+    from active_learning import resample_isotropic  # the same resampling as the active-learning benchmark
+    from medseg.data.pseudo_subjects import SEED_HELDOUT, SEED_TRAIN, generate
+    from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1
+
+    sets = {}
+    for name, n, seed in (("train", mode["n_train"], SEED_TRAIN), ("heldout", mode["n_heldout"], SEED_HELDOUT)):
+        raw = WORK / "data" / f"{name}_{seed}"
+        records = generate(raw, n, seed=seed, prefix=name)
+        pairs = {}
+        for r in records:
+            image, label = raw / "images" / f"{r['name']}.nii.gz", raw / "labels" / f"{r['name']}.nii.gz"
+            if mode["spacing_mm"]:
+                image, label = resample_isotropic(image, label, mode["spacing_mm"],
+                                                  WORK / "data" / f"{name}_{seed}_{mode['spacing_mm']:g}mm")
+            pairs[r["name"]] = (image, label)
+        sets[name] = pairs
+    sets["template"] = {"template": (TEMPLATE_T1, TEMPLATE_LABELS)}
+    return sets
+
+
+def fixed_split(names: list[str]) -> dict[str, list[str]]:
+    """The train/validation split our server makes for these images (medseg's persistent_split,
+    default fraction, cap and seed), computed up front so that the peers get it even when no
+    model of ours runs; the server's own split.json is checked against it after training."""
+    import tempfile
+
+    from medseg.pipeline.training import TrainConfig, persistent_split
+
+    cfg = TrainConfig()
+    files = [f"{n}.nii.gz" for n in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        train_idx, val_idx = persistent_split(files, Path(tmp) / "split.json", cfg.val_fraction, cfg.val_max_cases,
+                                              cfg.seed)
+    return {"train": [names[i] for i in train_idx], "val": [names[i] for i in val_idx]}
+
+
+def read_label(path: Path) -> tuple[np.ndarray, tuple]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.rint(np.asarray(img.dataobj)).astype(np.uint8), tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
+def label_from_bytes(data: bytes) -> np.ndarray:
+    import nibabel as nib
+
+    data = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+    fh = nib.FileHolder(fileobj=io.BytesIO(data))
+    return np.rint(np.asarray(nib.Nifti1Image.from_file_map({"header": fh, "image": fh}).dataobj)).astype(np.uint8)
+
+
+def score_sets(predict, sets: dict, labels: dict[str, int]) -> dict:
+    """Dice and HD95 per label: mean over the held-out subjects, and on the 1 mm template."""
+    out = {}
+    for subset in ("heldout", "template"):
+        cases = {}
+        for name, (image, label) in sets[subset].items():
+            truth, spacing = read_label(label)
+            cases[name] = score(predict(name, image), truth, labels, spacing)
+        out[subset] = {**mean_scores(list(cases.values()), labels), "cases": cases}
+    return out
+
+
+# ---------------------------------------------------------------- REST
+
+
+def rest_infer(url: str, model: str, image: Path, params: dict | None = None) -> tuple[np.ndarray, dict, float]:
+    """(label, the server's JSON, client wall seconds) of one POST /infer (MONAI Label's multipart answer)."""
+    from requests_toolbelt.multipart.decoder import MultipartDecoder
+
+    t0 = time.perf_counter()
+    r = requests.post(f"{url}/infer/{model}", params={"image": str(image)},
+                      data={"params": json.dumps(params or {})}, timeout=3600)
+    wall = time.perf_counter() - t0
+    if not r.ok:
+        raise RuntimeError(f"infer {model} on {image.name}: HTTP {r.status_code} {r.text[:500]}")
+    meta, label = {}, None
+    for part in MultipartDecoder(r.content, r.headers["content-type"]).parts:
+        disposition = part.headers.get(b"Content-Disposition", b"").decode()
+        if 'name="params"' in disposition:
+            meta = json.loads(part.content)
+        elif 'name="image"' in disposition:
+            label = label_from_bytes(part.content)
+    if label is None:
+        raise RuntimeError(f"infer {model}: no label in the answer")
+    return label, meta, wall
+
+
+def wait_idle(srv: BenchServer, timeout_s: float = 1800) -> None:
+    """Wait until no background task (training, scoring) runs, so timings measure one request alone."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        busy = False
+        for kind in ("train", "scoring"):
+            r = requests.get(f"{srv.url}/{kind}/", timeout=30)
+            if r.ok and isinstance(r.json(), dict) and r.json().get("status") == "RUNNING":
+                busy = True
+        if not busy:
+            return
+        time.sleep(2)
+    raise TimeoutError("background tasks still running")
+
+
+def timed_infer(srv: BenchServer, model: str, image: Path, repeats: int, params: dict, gpu: bool,
+                warmup: bool) -> dict:
+    """Median client and server latencies over ``repeats`` requests (after one warm-up request)."""
+    with ProcessTreeMonitor(srv.proc.pid, gpu=gpu) as mon:
+        runs = []
+        for i in range(repeats + (1 if warmup else 0)):
+            _, meta, wall = rest_infer(srv.url, model, image, params)
+            runs.append({"client_s": round(wall, 3), "server": meta.get("latencies", {})})
+    timed = runs[1:] if warmup else runs
+    server_keys = [k for k, v in timed[0]["server"].items() if isinstance(v, (int, float))]
+    return {
+        "repeats": len(timed),
+        "client_s_median": round(float(np.median([r["client_s"] for r in timed])), 3),
+        "server_s_median": {k: round(float(np.median([r["server"][k] for r in timed])), 3) for k in server_keys},
+        "runs": runs,
+        "warmup_dropped": warmup,
+        **mon.result(),
+    }
+
+
+# ---------------------------------------------------------------- network speed (roofline)
+
+
+def gpu_peaks(name: str) -> tuple[float, float] | None:
+    for key, fp16, fp32 in GPU_PEAKS:
+        if key.lower() in name.lower():
+            return fp16, fp32
+    return None
+
+
+def forward_speed(networks: list, shapes: list[tuple], device: str, batch: int = 2, repeats: int = 20) -> dict:
+    """FLOPs of one forward pass of a batch (the sliding window's batch, 2) and the time it takes.
+
+    Several networks (the cascade's two stages) are summed. On a GPU under autocast FP16
+    (as inference runs), timed with CUDA events after warm-up; achieved FLOP/s against the
+    GPU's FP16 tensor peak. On the CPU the same numbers, without a peak.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    dev = torch.device(device)
+    flops, seconds = 0, 0.0
+    for network, shape in zip(networks, shapes):
+        network = network.to(dev).eval()
+        x = torch.randn(batch, *shape, device=dev)
+        amp = dict(device_type=dev.type, enabled=dev.type == "cuda")
+        with torch.no_grad(), torch.autocast(**amp), FlopCounterMode(display=False) as counter:
+            network(x)
+        flops += int(counter.get_total_flops())
+        times = []
+        with torch.no_grad(), torch.autocast(**amp):
+            for i in range(3 + (repeats if dev.type == "cuda" else 3)):
+                if dev.type == "cuda":
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    network(x)
+                    end.record()
+                    torch.cuda.synchronize()
+                    t = start.elapsed_time(end) / 1000
+                else:
+                    t0 = time.perf_counter()
+                    network(x)
+                    t = time.perf_counter() - t0
+                if i >= 3:
+                    times.append(t)
+        seconds += float(np.median(times))
+        network.cpu()
+    out = {"batch": batch, "gflops_forward": round(flops / 1e9, 2), "forward_s": round(seconds, 5),
+           "achieved_tflops": round(flops / seconds / 1e12, 3), "precision": "autocast fp16" if dev.type == "cuda"
+           else "fp32"}
+    if dev.type == "cuda":
+        name = torch.cuda.get_device_name(dev)
+        peaks = gpu_peaks(name)
+        out["gpu"] = name
+        if peaks:
+            out["peak_tflops_fp16_tensor"] = peaks[0] / 1e12
+            out["fraction_of_peak"] = round(flops / seconds / peaks[0], 4)
+        else:
+            out["peak_tflops_fp16_tensor"] = None  # not in GPU_PEAKS: add its data-sheet value
+    return out
+
+
+def our_networks(name: str, ckpt: dict) -> tuple[list, list[tuple]]:
+    from medseg.models import MODELS
+    from medseg.pipeline.plan import Plan
+
+    spec = MODELS[name]
+    stages = [(MODELS["cascade_lowres"], ckpt["lowres"]), (spec, ckpt)] if spec.cascade else [(spec, ckpt)]
+    networks, shapes = [], []
+    for stage_spec, stage_ckpt in stages:
+        plan = Plan.from_dict(stage_ckpt["plan"])
+        networks.append(stage_spec.network(stage_ckpt))
+        shapes.append((1 + plan.previous_stage_channels, *plan.patch_size_vox))
+    return networks, shapes
+
+
+def segresnet_network(n_classes: int):
+    """The stock network of sample-apps/radiology/lib/configs/segmentation.py."""
+    from monai.networks.nets import SegResNet
+
+    return SegResNet(spatial_dims=3, in_channels=1, out_channels=n_classes, init_filters=32, blocks_down=(1, 2, 2, 4),
+                     blocks_up=(1, 1, 1), dropout_prob=0.2)
+
+
+# ---------------------------------------------------------------- ours
+
+
+def progress_rate(log_path: Path, offset: int) -> dict:
+    """Training iterations per second from the train task's progress lines in the server log.
+
+    The rate is taken between the first and the last logged iteration, so it leaves out
+    start-up (planning, preprocessing, the first batch) and the final validation.
+    """
+    points = []
+    with open(log_path, errors="replace") as f:
+        f.seek(offset)  # this training's lines only: one server trains every model in turn
+        text = f.read()
+    for line in text.splitlines():
+        i = line.find('{"progress": ')
+        if i < 0:
+            continue
+        try:
+            entry = json.loads(line[i:])["progress"]
+        except ValueError:
+            continue
+        if "iteration" in entry and "seconds" in entry:
+            points.append((entry.get("stage"), entry["iteration"], entry["seconds"]))
+    rates = {}
+    for stage in dict.fromkeys(p[0] for p in points):
+        pts = [p for p in points if p[0] == stage]
+        (_, i0, s0), (_, i1, s1) = pts[0], pts[-1]
+        rates[stage or "main"] = round((i1 - i0) / (s1 - s0), 3) if s1 > s0 and i1 > i0 else None
+    return rates
+
+
+def wait_training(srv: BenchServer, model: str, progress_path: Path,
+                  timeout_s: float = 6 * 3600) -> tuple[dict, tuple | None]:
+    """Wait for the training task; also the wall-clock window of its training loop.
+
+    The train task rewrites its progress file every ``log_every`` iterations; the loop runs
+    from the first progress entry to the one at the last iteration (planning and caching
+    come before, the final validation and publishing after), which is where GPU busy is
+    measured.
+    """
+    deadline = time.time() + timeout_s
+    first = last = None
+    seen = None
+    while time.time() < deadline:
+        try:
+            progress = json.loads(progress_path.read_text())
+        except (OSError, ValueError):
+            progress = {}
+        it = progress.get("iteration")
+        if it is not None and progress.get("status") == "RUNNING" and it != seen:
+            seen = it
+            now = time.time()
+            first = first or now
+            if it == progress.get("max_iterations"):
+                last = now
+        status = requests.get(f"{srv.url}/train/", timeout=30).json()
+        # The task list's last entry is this model's run (the previous model's is DONE too).
+        if status.get("status") in ("DONE", "ERROR") and (status.get("request") or {}).get("model") == model:
+            return status, (first, last) if first and last and last > first else None
+        time.sleep(0.5)
+    raise TimeoutError(f"training did not finish within {timeout_s} s")
+
+
+def run_ours(models: list[str], sets: dict, split: dict, mode: dict, labels: dict, device: str) -> dict:
+    from medseg.checkpoint import load_checkpoint
+    from medseg.pipeline.plan import Plan
+
+    run_dir = WORK / "ours"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    studies = run_dir / "studies"
+    studies.mkdir(parents=True)
+    for name, (image, _) in sets["train"].items():
+        shutil.copyfile(image, studies / f"{name}.nii.gz")
+    gpu = device.startswith("cuda")
+    conf = {"models": ",".join(models), "shipped_weights": "false", "al_auto_scoring": "false",
+            "gpu_memory_gb": str(mode["gpu_memory_gb"]), "device": device}
+    log_path = run_dir / "server.log"
+    rows = {}
+    with BenchServer(studies, conf, log_path) as srv:
+        for name, (_, label) in sets["train"].items():
+            with open(label, "rb") as f:
+                requests.put(f"{srv.url}/datastore/label", params={"image": name, "tag": "final"},
+                             files={"label": (f"{name}.nii.gz", f)}, timeout=300).raise_for_status()
+        for model in models:
+            row = {"model": model, "kind": "ours"}
+            rows[model] = row
+            try:
+                log(f"ours: train {model} ({mode['iterations']} iterations)")
+                request = {"max_iterations": mode["iterations"], "publish": "always", "model_selection": False,
+                           "seed": 0, "val_every": 0, "log_every": max(1, mode["iterations"] // 20)}
+                t0 = time.perf_counter()
+                log_offset = log_path.stat().st_size
+                requests.post(f"{srv.url}/train/{model}", json=request, timeout=120).raise_for_status()
+                with ProcessTreeMonitor(srv.proc.pid, gpu=gpu) as mon:
+                    status, window = wait_training(srv, model, studies / ".medseg" / model / "train_progress.json")
+                if status.get("status") != "DONE":
+                    raise RuntimeError(f"training failed: {json.dumps(status)[-1500:]}")
+                row["train"] = {"wall_s": round(time.perf_counter() - t0, 1), "iterations": mode["iterations"],
+                                "iterations_per_s": progress_rate(log_path, log_offset), **mon.result()}
+                if gpu and window:
+                    row["train"].update(mon.busy_between(*window))
+                ckpt = load_checkpoint(studies / ".medseg" / "models" / model / "model.pt")
+                plan = Plan.from_dict(ckpt["plan"])
+                row["plan"] = {"target_spacing_mm": plan.target_spacing_mm, "patch_size_vox": plan.patch_size_vox,
+                               "batch_size": ckpt["train_config"].get("batch_size") or plan.batch_size,
+                               "features": plan.features, "strides": plan.strides, "n_stages": len(plan.features)}
+                if "lowres" in ckpt:
+                    low = Plan.from_dict(ckpt["lowres"]["plan"])
+                    row["plan"]["lowres"] = {"target_spacing_mm": low.target_spacing_mm,
+                                             "patch_size_vox": low.patch_size_vox, "features": low.features}
+                row["plan_full"] = ckpt["plan"]
+                # Largest-component postprocessing chosen on validation: part of the server's "post" time.
+                row["postprocessing"] = (ckpt.get("postprocessing") or {}).get("largest_component_labels", [])
+                networks, shapes = our_networks(model, ckpt)
+                row["parameters"] = sum(p.numel() for n in networks for p in n.parameters())
+                row["train_images"], row["val_images"] = ckpt.get("train_images"), ckpt.get("val_images")
+                wait_idle(srv)
+                log(f"ours: {model} on the held-out subjects and the template")
+                row["scores"] = score_sets(lambda case, image: rest_infer(srv.url, model, image)[0], sets, labels)
+                template = sets["template"]["template"][0]
+                log(f"ours: {model} REST infer timing on the 1 mm template")
+                row["infer"] = timed_infer(srv, model, template, mode["repeats"], {}, gpu, warmup=True)
+                row["infer_tta"] = timed_infer(srv, model, template, mode["tta_repeats"], {"tta": True}, gpu,
+                                               warmup=False)
+                row["forward"] = forward_speed(networks, shapes, "cuda" if gpu else "cpu")
+            except Exception as e:  # one model failing must not hide the others' numbers
+                traceback.print_exc()
+                row["error"] = f"{type(e).__name__}: {e}"
+        split_path = studies / ".medseg" / "split.json"
+        server_split = json.loads(split_path.read_text()) if split_path.exists() else None
+        expected = {f"{n}.nii.gz": side for side in ("train", "val") for n in split[side]}
+        for row in rows.values():
+            # The peers were given `split`; say so if the server split otherwise (it should not).
+            row["split_matches_peers"] = server_split == expected if server_split is not None else None
+    return rows
+
+
+# ---------------------------------------------------------------- peers
+
+
+def reference_plan(ours: dict) -> tuple[dict | None, str | None]:
+    """The plan the peers are matched to: our unet3d's (same network as nnU-Net's PlainConvUNet)."""
+    row = ours.get("unet3d")
+    if row and "plan_full" in row:
+        return row["plan_full"], "unet3d"
+    return None, None
+
+
+def run_nnunet(sets: dict, split: dict, mode: dict, labels: dict, device: str, ours: dict) -> dict:
+    import nnunet
+
+    plan, source = reference_plan(ours)
+    train_pairs = {n: sets["train"][n] for n in split["train"] + split["val"]}
+    res = nnunet.run(WORK / "nnunet", train_pairs, split, {n: p[0] for n, p in sets["heldout"].items()},
+                     sets["template"]["template"][0], labels, mode["iterations"], plan, device, mode["repeats"],
+                     mode["tta_repeats"], log)
+    predictions = res.pop("predictions")
+    row = {"model": NNUNET, "kind": "peer", **res}
+    row["plan"] = res["plan_used"]
+    row["scores"] = score_sets(lambda case, image: read_label(Path(predictions[case]))[0], sets, labels)
+    row["train"] = {"wall_s": res["steps"]["train"]["wall_s"], "iterations": mode["iterations"],
+                    "iterations_per_s": {"main": res["train_iterations_per_s"]},
+                    **{k: v for k, v in res["steps"]["train"].items() if k != "wall_s"}}
+    row["infer"] = nnunet_timing(res["predict"], "plain")
+    row["infer_tta"] = nnunet_timing(res["predict"], "tta")
+    if plan is not None:
+        row["forward"] = {"same_network_as": source}
+    return row
+
+
+def nnunet_timing(report: dict, key: str) -> dict:
+    """Median phases of the warm predictor's timed runs (memory: the whole predictor process)."""
+    timed = report[key]
+    phases = ("pre", "infer", "post", "total")
+    return {"repeats": len(timed), "client_s_median": round(float(np.median([t["total"] for t in timed])), 3),
+            "server_s_median": {k: round(float(np.median([t[k] for t in timed])), 3) for k in phases},
+            "runs": timed, "warm_process": True,
+            **{k: report[k] for k in ("peak_rss_mb", "peak_gpu_mb", "peak_gpu_allocated_mb", "gpu_util_mean_pct")
+               if report.get(k) is not None}}
+
+
+def run_segresnet(sets: dict, split: dict, mode: dict, labels: dict, device: str, ours: dict, nn_row: dict) -> dict:
+    import monailabel_segmentation as sample
+
+    plan, source = reference_plan(ours)
+    if plan is None and nn_row and "plan_used" in nn_row:
+        plan, source = nn_row["plan_used"], NNUNET
+    if plan is None:
+        raise RuntimeError("the MONAI Label peer needs a reference plan (train unet3d or run nnU-Net)")
+    roi = [int(math.ceil(p / SEGRESNET_DIVISOR) * SEGRESNET_DIVISOR) for p in plan["patch_size_vox"]]
+    spacing = [float(s) for s in plan["target_spacing_mm"]]
+    batch = int(plan.get("batch_size") or 2)
+    run_dir = WORK / "monailabel_segmentation"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    studies = run_dir / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    datalists = {}
+    for side in ("train", "val"):
+        datalists[side] = []
+        for name in split[side]:
+            image, label = sets["train"][name]
+            shutil.copyfile(image, studies / f"{name}.nii.gz")
+            shutil.copyfile(label, studies / "labels" / "final" / f"{name}.nii.gz")
+            datalists[side].append({"image": str(studies / f"{name}.nii.gz"),
+                                    "label": str(studies / "labels" / "final" / f"{name}.nii.gz")})
+    gpu = device.startswith("cuda")
+    app_dir = sample.prepare_app(run_dir / "app")
+    request, budget = sample.train_request(datalists["train"], datalists["val"], run_dir, mode["iterations"], batch,
+                                           "cuda" if gpu else "cpu")
+    row = {"model": SEGRESNET, "kind": "peer", "source": str(sample.SAMPLE_APP),
+           "plan": {"target_spacing_mm": spacing, "patch_size_vox": roi, "batch_size": batch, "matched_to": source},
+           "budget": budget}
+    log_path = run_dir / "server.log"
+    with sample.SampleAppServer(app_dir, studies, sample.conf_for(roi, spacing), log_path) as srv:
+        log(f"MONAI Label segmentation: train {budget['epochs']} epochs x {budget['iterations_per_epoch']} iterations")
+        t0 = time.perf_counter()
+        sample.start_training(srv, request)
+        with ProcessTreeMonitor(srv.proc.pid, gpu=gpu) as mon:
+            status = srv.wait_for("train", timeout_s=6 * 3600)
+        if status.get("status") != "DONE":
+            raise RuntimeError(f"training failed: {json.dumps(status)[-1500:]}")
+        train_s = sample.train_seconds(log_path)
+        row["train"] = {"wall_s": round(time.perf_counter() - t0, 1), "iterations": budget["iterations"],
+                        "iterations_per_s": {"main": train_s["iterations_per_s"]}, "log_timing": train_s,
+                        **mon.result()}
+        if gpu and train_s["window"]:
+            row["train"].update(mon.busy_between(*train_s["window"]))
+        log("MONAI Label segmentation: held-out subjects and template")
+        row["scores"] = score_sets(lambda case, image: rest_infer(srv.url, sample.MODEL, image)[0], sets, labels)
+        log("MONAI Label segmentation: REST infer timing on the 1 mm template")
+        row["infer"] = timed_infer(srv, sample.MODEL, sets["template"]["template"][0], mode["repeats"], {}, gpu,
+                                   warmup=True)
+    net = segresnet_network(len(labels) + 1)
+    row["parameters"] = sum(p.numel() for p in net.parameters())
+    row["forward"] = forward_speed([net], [(1, *roi)], "cuda" if gpu else "cpu")
+    return row
+
+
+# ---------------------------------------------------------------- report
+
+
+def mean_dice(row: dict, subset: str) -> float | None:
+    d = ((row.get("scores") or {}).get(subset) or {}).get("dice")
+    return float(np.mean(list(d.values()))) if d else None
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Time and Dice of every row relative to nnU-Net's in the same run."""
+    ref = next((r for r in rows if r["model"] == NNUNET and "error" not in r), None)
+    if ref is None:
+        return
+    ref_t = ref["infer"]["client_s_median"]
+    for r in rows:
+        if "error" in r or "infer" not in r:
+            continue
+        r["vs_nnunet"] = {
+            "infer_time_ratio": round(r["infer"]["client_s_median"] / ref_t, 3),
+            "infer_time_ratio_vs_cli": round(r["infer"]["client_s_median"] / ref["predict_cli_template_wall_s"], 3),
+            "heldout_dice_ratio": round(mean_dice(r, "heldout") / mean_dice(ref, "heldout"), 4),
+            "heldout_dice_delta": round(mean_dice(r, "heldout") - mean_dice(ref, "heldout"), 4),
+            "template_dice_delta": round(mean_dice(r, "template") - mean_dice(ref, "template"), 4),
+        }
+        if train_rate(r) and train_rate(ref):
+            r["vs_nnunet"]["train_speed_ratio"] = round(train_rate(r) / train_rate(ref), 3)
+
+
+def targets(rows: list[dict], gpu: bool) -> list[dict]:
+    """The issue's targets for unet3d, checked on this run's numbers: [{target, met, detail}]."""
+    ours = next((r for r in rows if r["model"] == "unet3d" and "vs_nnunet" in r), None)
+    nn = next((r for r in rows if r["model"] == NNUNET and "error" not in r), None)
+    if not ours or not nn:
+        return []
+    v, t_ours, t_nn, t_cli = (ours["vs_nnunet"], ours["infer"]["client_s_median"], nn["infer"]["client_s_median"],
+                              nn["predict_cli_template_wall_s"])
+    out = [{"target": "same network as nnU-Net's plan", "met": ours.get("parameters") == nn.get("parameters"),
+            "detail": f"{ours.get('parameters'):,} vs {nn.get('parameters'):,} parameters"}]
+    if gpu:
+        out += [
+            {"target": "infer at least 3x faster than nnU-Net (warm predictor)", "met": t_ours * 3 <= t_nn,
+             "detail": f"{t_ours:.2f} s vs {t_nn:.2f} s"},
+            {"target": "infer at least 3x faster than nnUNetv2_predict (command)", "met": t_ours * 3 <= t_cli,
+             "detail": f"{t_ours:.2f} s vs {t_cli:.2f} s"},
+            {"target": "whole infer request under 1 s", "met": t_ours < 1.0, "detail": f"{t_ours:.2f} s"},
+        ]
+        busy = ours["train"].get("loop_gpu_util_mean_pct", ours["train"].get("gpu_util_mean_pct"))
+        out.append({"target": "GPU busy over 90% while training", "met": busy is not None and busy > 90,
+                    "detail": f"mean utilization {busy}% over the training loop" if busy is not None else "not measured"})
+    else:
+        out += [
+            {"target": "infer no slower than nnU-Net (warm predictor)", "met": t_ours <= t_nn,
+             "detail": f"{t_ours:.2f} s vs {t_nn:.2f} s"},
+            {"target": "infer no slower than nnUNetv2_predict (command)", "met": t_ours <= t_cli,
+             "detail": f"{t_ours:.2f} s vs {t_cli:.2f} s"},
+        ]
+    for subset, key in (("held-out", "heldout_dice_delta"), ("template", "template_dice_delta")):
+        # "Within 0.01": no more than 0.01 below nnU-Net's (being better is not a miss).
+        out.append({"target": f"{subset} Dice within 0.01 of nnU-Net's (or above)", "met": v[key] >= -0.01,
+                    "detail": f"mean over labels {v[key]:+.3f}"})
+    return out
+
+
+def train_rate(row: dict) -> float | None:
+    """Training iterations per second (the cascade: its full-resolution stage)."""
+    rates = row.get("train", {}).get("iterations_per_s") or {}
+    return rates.get("main") or rates.get("fullres") or next(iter(rates.values()), None)
+
+
+def fmt(x, digits=3, missing="–") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return missing
+    return f"{x:.{digits}f}"
+
+
+def write_table(result: dict, mode_name: str, labels: dict) -> None:
+    header = (["model", "patch", "parameters", "train it/s"]
+              + [f"held-out Dice {k}" for k in labels] + [f"held-out HD95 {k} mm" for k in labels]
+              + [f"template Dice {k}" for k in labels]
+              + ["infer s (1 mm, no TTA)", "infer s (TTA)", "peak RAM MB (infer)", "peak GPU MB (infer)",
+                 "time / nnU-Net", "Dice − nnU-Net (held-out)"])
+    rows = []
+    for r in result["rows"]:
+        name = f"`{r['model']}`" if r["kind"] == "ours" else r["model"]
+        if "error" in r:
+            rows.append([name, "failed: " + r["error"][:80].replace("|", "/")] + [""] * (len(header) - 2))
+            continue
+        s = r["scores"]
+        v = r.get("vs_nnunet", {})
+        infer = r.get("infer", {})
+        rows.append([
+            name, "x".join(map(str, r["plan"]["patch_size_vox"])), f"{r.get('parameters', 0):,}",
+            fmt(train_rate(r), 2),
+            *[fmt(s["heldout"]["dice"][k]) for k in labels],
+            *[fmt(s["heldout"]["hd95_mm"][k], 1) for k in labels],
+            *[fmt(s["template"]["dice"][k]) for k in labels],
+            fmt(infer.get("client_s_median"), 2), fmt((r.get("infer_tta") or {}).get("client_s_median"), 2),
+            str(infer.get("peak_rss_mb", "–")), str(infer.get("peak_gpu_mb", infer.get("peak_gpu_allocated_mb", "–"))),
+            fmt(v.get("infer_time_ratio"), 2), fmt(v.get("heldout_dice_delta"), 3),
+        ])
+    m, st = result["machine"], result["settings"]
+    nn = next((r for r in result["rows"] if r["model"] == NNUNET and "error" not in r), None)
+    data = (f"{st['n_train']} training pseudo-subjects (seed {st['seed_train']}; "
+            f"{len(result['split']['train'])} train / {len(result['split']['val'])} validation), "
+            f"{st['n_heldout']} held-out (seed {st['seed_heldout']}), "
+            + (f"resampled to {st['spacing_mm']:g} mm" if st["spacing_mm"] else "at their own 1.2-1.8 mm spacing"))
+    lines = [
+        f"`{mode_name}` run, {m['date']}, {m['cpu']} ({m['threads']} threads)"
+        + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+        + f", torch {m['torch']}, monai {m['monai']}, monailabel {m['monailabel']}"
+        + (f", nnunetv2 {nn['version']}" if nn else "") + f"; {data}; {st['iterations']} training iterations each "
+        f"from scratch; suite wall time {(result['wall_s'] - (result.get('nnunet_setup_s') or 0)) / 60:.1f} min"
+        + (" (without the one-time setup of nnU-Net's environment)" if (result.get("nnunet_setup_s") or 0) > 30 else "")
+        + (f"; 1-minute load average {m['load_average_1min_start']:g} at the start and "
+           f"{m['load_average_1min_end']:g} at the end on {m['cores']} cores" if "load_average_1min_start" in m else "")
+        + "; generated by bench/suite.py.",
+        "",
+        "Infer s: one request on the 1 mm template, median of "
+        f"{st['repeats']} (with TTA: {st['tta_repeats']}) after a warm-up request, end to end as the caller sees it (REST round trip for the two MONAI Label apps; for "
+        "nnU-Net a warm predictor process: read, preprocess, predict, write). "
+        + (f"`nnUNetv2_predict --disable_tta` from the command line took {nn['predict_cli_template_wall_s']:.1f} s "
+           "on the same volume (process start and model load included). " if nn else "")
+        + "Time / nnU-Net: infer s over nnU-Net's; Dice − nnU-Net: mean over labels. "
+        "HD95 of a label a model missed entirely shows as –.",
+    ]
+    if nn:
+        own, used = nn["own_plan"], nn["plan_used"]
+        lines += ["", f"nnU-Net's own plan (ExperimentPlanner, 3d_fullres): patch {'x'.join(map(str, own['patch_size_vox']))}"
+                  f" at {'x'.join(f'{x:g}' for x in own['target_spacing_mm'])} mm, batch {own['batch_size']}, "
+                  f"features {'-'.join(map(str, own['features']))}; "
+                  + (f"run with {nn['plan_matched_to']}'s plan (patch {'x'.join(map(str, used['patch_size_vox']))}, "
+                     f"batch {used['batch_size']}, features {'-'.join(map(str, used['features']))}: the same "
+                     f"network, {nn['parameters']:,} parameters) so that the pipelines are compared, not network sizes."
+                     if nn.get("plan_matched_to") else "run with that plan.")]
+    if result.get("targets"):
+        lines += ["", "Targets for `unet3d` (issue #8), checked on this run:", ""]
+        lines += [f"- {t['target']}: **{'met' if t['met'] else 'not met'}** ({t['detail']})" for t in result["targets"]]
+    for readme in (REPO / "bench" / "README.md", REPO / "README.md"):
+        update_readme_table(readme, "suite", header, rows, "\n".join(lines))
+
+
+def plot(result: dict, path: Path, labels: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = [r for r in result["rows"] if "error" not in r]
+    names = [r["model"] for r in rows]
+    colors = ["tab:blue" if r["kind"] == "ours" else "tab:gray" for r in rows]
+    hatches = ["", "//", "..", "xx"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4), dpi=110)
+    x = np.arange(len(rows))
+    width = 0.8 / max(1, len(labels))
+    for subset, ax in (("heldout", axes[0]), ("template", axes[1])):
+        for j, label in enumerate(labels):
+            values = [r["scores"][subset]["dice"][label] for r in rows]
+            bars = ax.bar(x + (j - (len(labels) - 1) / 2) * width, values, width, color=colors,
+                          hatch=hatches[j % len(hatches)], edgecolor="black", linewidth=0.4)
+            ax.bar_label(bars, [f"{v:.2f}" for v in values], fontsize=6)
+        ax.set_title(f"Dice per label, {'held-out subjects (mean)' if subset == 'heldout' else '1 mm template'}",
+                     fontsize=9)
+        ax.set_ylim(0, 1.05)
+        ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
+        ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch=hatches[j % len(hatches)], label=label)
+                           for j, label in enumerate(labels)], fontsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    ax = axes[2]
+    plain = [r["infer"]["client_s_median"] for r in rows]
+    tta = [(r.get("infer_tta") or {}).get("client_s_median") or 0 for r in rows]
+    bars = ax.bar(x - 0.2, plain, 0.4, color=colors, edgecolor="black", linewidth=0.4)
+    ax.bar_label(bars, [f"{v:.1f}" for v in plain], fontsize=6)
+    bars = ax.bar(x + 0.2, tta, 0.4, color=colors, hatch="//", edgecolor="black", linewidth=0.4)
+    ax.bar_label(bars, [f"{v:.1f}" if v else "n/a" for v in tta], fontsize=6)
+    ticks, tick_names = list(x), list(names)
+    nn = next((r for r in rows if r["model"] == NNUNET), None)
+    if nn:  # the command a user runs: process start and model load included
+        cli = nn["predict_cli_template_wall_s"]
+        bars = ax.bar([len(rows) - 0.2], [cli], 0.4, color="white", edgecolor="tab:gray", linewidth=0.8)
+        ax.bar_label(bars, [f"{cli:.1f}"], fontsize=6)
+        ticks.append(len(rows))
+        tick_names.append("nnUNetv2_predict\n(command, no TTA)")
+    ax.set_title("infer on the 1 mm template, s (median, end to end)", fontsize=9)
+    ax.set_xticks(ticks, tick_names, rotation=30, ha="right", fontsize=8)
+    ax.legend(handles=[Patch(facecolor="white", edgecolor="black", label="no TTA"),
+                       Patch(facecolor="white", edgecolor="black", hatch="//", label="TTA (mirroring)")], fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    m, st = result["machine"], result["settings"]
+    data = f"{st['spacing_mm']:g} mm" if st["spacing_mm"] else "native-resolution"
+    fig.suptitle(f"bench/suite.py {st['mode']}: {m['gpu'] or m['cpu']}, {st['iterations']} iterations from scratch, "
+                 f"{data} training data (blue: ours, grey: peers)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("monailabel", "numpy", "scipy", "nibabel", "SimpleITK", "matplotlib", "psutil"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="CPU-sized run (see MODES)")
+    ap.add_argument("--models", default=None, help="comma list of our models, 'all', or 'none'; default by mode")
+    ap.add_argument("--peers", default="nnunet,monailabel", help="comma list of nnunet, monailabel (or none)")
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--spacing", type=float, default=None, help="resample the training data to this isotropic mm "
+                    "(0: their own spacing)")
+    ap.add_argument("--n-train", type=int, default=None)
+    ap.add_argument("--n-heldout", type=int, default=None)
+    ap.add_argument("--gpu-memory-gb", type=float, default=None, help="our planning budget (sizes patch and batch)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed infer requests without TTA")
+    ap.add_argument("--tta-repeats", type=int, default=None, help="timed infer requests with TTA")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--nnunet-venv", default=None, help="an existing environment with nnunetv2 (default: "
+                    "bench/work/nnunet-venv, made on first use from the package registry)")
+    ap.add_argument("--no-readme", action="store_true", help="do not regenerate the table in bench/README.md")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from medseg.data.pseudo_subjects import SEED_HELDOUT, SEED_TRAIN
+    from medseg.data.template import TISSUE_LABELS
+    from medseg.models import MODELS
+
+    mode_name = "quick" if args.quick else "full"
+    mode = dict(MODES[mode_name])
+    for key, value in (("models", args.models), ("iterations", args.iterations), ("n_train", args.n_train),
+                       ("n_heldout", args.n_heldout), ("gpu_memory_gb", args.gpu_memory_gb),
+                       ("repeats", args.repeats), ("tta_repeats", args.tta_repeats)):
+        if value is not None:
+            mode[key] = value
+    if args.spacing is not None:
+        mode["spacing_mm"] = args.spacing or None
+    models = (list(MODELS) if mode["models"] == "all" else [] if mode["models"] == "none"
+              else [m for m in mode["models"].split(",") if m])
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown models {unknown}; available: {', '.join(MODELS)}")
+    peers = [p for p in args.peers.split(",") if p and p != "none"]
+    if args.nnunet_venv:
+        import nnunet
+
+        nnunet.VENV = Path(args.nnunet_venv).resolve()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    labels = dict(TISSUE_LABELS)
+
+    t_start = time.time()
+    load_start = os.getloadavg()  # other processes on the machine slow every number down: say so
+    log(f"suite {mode_name}: models {models}, peers {peers}, {device}, {json.dumps(mode)}")
+    sets = prepare_data(mode)
+    split = fixed_split(sorted(sets["train"]))
+    log(f"data ready ({time.time() - t_start:.0f} s): split {split}")
+    rows, step_s = [], {}
+
+    t0 = time.time()
+    ours = run_ours(models, sets, split, mode, labels, device) if models else {}
+    step_s["ours"] = round(time.time() - t0, 1)
+    rows += list(ours.values())
+    nn_row = None
+    if "nnunet" in peers:
+        t0 = time.time()
+        try:
+            nn_row = run_nnunet(sets, split, mode, labels, device, ours)
+        except Exception as e:
+            traceback.print_exc()
+            nn_row = {"model": NNUNET, "kind": "peer", "error": f"{type(e).__name__}: {e}"}
+        rows.append(nn_row)
+        step_s["nnunet"] = round(time.time() - t0, 1)
+    if "monailabel" in peers:
+        t0 = time.time()
+        try:
+            rows.append(run_segresnet(sets, split, mode, labels, device, ours, nn_row))
+        except Exception as e:
+            traceback.print_exc()
+            rows.append({"model": SEGRESNET, "kind": "peer", "error": f"{type(e).__name__}: {e}"})
+        step_s["monailabel"] = round(time.time() - t0, 1)
+
+    add_ratios(rows)
+    for r in rows:  # JSON has no inf: a missed label's HD95 becomes null
+        for subset in (r.get("scores") or {}).values():
+            for case in [subset, *subset.get("cases", {}).values()]:
+                case["hd95_mm"] = {k: json_number(v) for k, v in case["hd95_mm"].items()}
+        r.pop("plan_full", None)
+    machine = {**machine_info(), **versions(), "platform": platform.platform(), "device_used": device,
+               "load_average_1min_start": round(load_start[0], 2), "load_average_1min_end": round(os.getloadavg()[0], 2)}
+    result = {
+        "machine": machine,
+        "settings": {"mode": mode_name, **mode, "models": models, "peers": peers, "seed_train": SEED_TRAIN,
+                     "seed_heldout": SEED_HELDOUT, "training_seed": 0},
+        "split": split,
+        "data": {k: sorted(v) for k, v in sets.items()},
+        "rows": rows,
+        "targets": targets(rows, device.startswith("cuda")),
+        "step_s": step_s,
+        "wall_s": round(time.time() - t_start, 1),
+        # Making nnU-Net's environment happens once per machine, not per run.
+        "nnunet_setup_s": (nn_row or {}).get("environment", {}).get("setup_s"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"suite_{mode_name}.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    ok_rows = [r for r in rows if "error" not in r]
+    if ok_rows:
+        plot(result, RESULTS / f"suite_{mode_name}.png", labels)
+    if not args.no_readme:
+        write_table(result, mode_name, labels)
+    log(f"wrote {out} ({result['wall_s'] / 60:.1f} min)")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
