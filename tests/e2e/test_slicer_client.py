@@ -19,7 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, Server, free_port, make_studies
+from medseg.server_process import free_port
+from tests.conftest import REPO, Server, make_studies
 
 MODULE_DIR = REPO / "slicer_extension" / "MedSeg"
 if str(MODULE_DIR) not in sys.path:
