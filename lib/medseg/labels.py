@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.errors import MedSegInputError
-from medseg.imageio import Volume
+import os
+
+from medseg.errors import MedSegInputError, UnsupportedMediaError
+from medseg.imageio import NIFTI_SUFFIXES, Volume, read_volume
 
 
 def check_label_against_image(label: Volume, image: Volume, labels: dict[str, int], tol_mm: float = 1e-2) -> None:
@@ -57,3 +59,28 @@ def remap_label_values(array: np.ndarray, label_info, app_labels: dict[str, int]
     if stray:
         raise MedSegInputError(f"label values {stray} are not named in label_info")
     return out
+
+
+def nifti_suffix(filename: str) -> str:
+    """The file's NIfTI suffix (``.nii.gz`` or ``.nii``); 415 for anything else."""
+    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
+        if filename.lower().endswith(suffix):
+            return suffix
+    raise UnsupportedMediaError(
+        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz) "
+        "or a .zip of a DICOM series; convert it first"
+    )
+
+
+def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int]) -> Volume:
+    """A submitted label file, its values mapped to the app's indices when ``label_info`` names them.
+
+    Every datastore reads uploads through here, so they refuse the same things the same way;
+    the caller still checks the result against its image (``check_label_against_image``).
+    """
+    nifti_suffix(path)
+    label = read_volume(path, what="the uploaded label")
+    mapping = (label_info or {}).get("label_info")
+    if mapping:
+        label = Volume(remap_label_values(label.array, mapping, app_labels), label.affine, label.header)
+    return label

@@ -9,6 +9,11 @@ import nibabel as nib
 import numpy as np
 import requests
 
+# Training in tests: a couple of iterations on the CPU, and the weights published whatever their
+# validation score (a tiny run is rarely better than the served weights; the gate has its own tests).
+TINY_TRAINING = {"max_iterations": 2, "batch_size": 1, "augment": False, "model_selection": False,
+                 "publish": "always", "val_every": 1}
+
 
 def parse_multipart_label(response: requests.Response):
     """(label image, params) from MONAI Label's multipart infer answer."""

@@ -21,6 +21,7 @@ import pytest
 
 from medseg.server_process import free_port
 from tests.conftest import REPO, Server, make_studies
+from tests.e2e.helpers import TINY_TRAINING
 
 MODULE_DIR = REPO / "slicer_extension" / "MedSeg"
 if str(MODULE_DIR) not in sys.path:
@@ -30,9 +31,6 @@ from MedSegLib import (LabelSet, MedSegClient, ServerResponseError, ServerTimeou
                        ServerUnreachableError, TrainingMonitor, compose_label_array, fetch_sample_image,
                        fetch_training_state, masks_from_label_array, submit_label)
 
-# The scale of tests/e2e/test_models.py: a couple of iterations, weights published regardless.
-TINY_TRAINING = {"max_iterations": 2, "batch_size": 1, "augment": False, "model_selection": False,
-                 "publish": "always", "val_every": 1}
 
 
 @pytest.fixture(scope="module")

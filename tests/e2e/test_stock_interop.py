@@ -23,6 +23,7 @@ import pytest
 
 from medseg.server_process import LabelServer
 from tests.conftest import REPO, Server, make_studies
+from tests.e2e.helpers import TINY_TRAINING
 
 STOCK = Path(sys.prefix) / "monailabel"
 STOCK_SLICER_MODULE = STOCK / "plugins" / "slicer" / "MONAILabel"
@@ -37,8 +38,6 @@ with warnings.catch_warnings():
 
 from MedSegLib import LabelSet, MedSegClient, fetch_sample_image, submit_label  # noqa: E402
 
-TINY_TRAINING = {"max_iterations": 2, "batch_size": 1, "augment": False, "model_selection": False,
-                 "publish": "always", "val_every": 1}
 
 
 @pytest.fixture(scope="module")

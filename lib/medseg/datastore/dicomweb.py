@@ -54,9 +54,9 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from medseg.activelearning.jsonstore import locked, read_json, write_json
-from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
-from medseg.imageio import NIFTI_SUFFIXES, Volume, read_volume, write_like
-from medseg.labels import check_label_against_image, remap_label_values
+from medseg.errors import MedSegInputError, UnknownImageError
+from medseg.imageio import Volume, read_volume, write_like
+from medseg.labels import check_label_against_image, read_uploaded_label
 
 logger = logging.getLogger(__name__)
 
@@ -286,10 +286,10 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
             return "it has no ReferencedSeriesSequence"
         if seg.referenced_series not in images:
             return f"it references series {seg.referenced_series}, which is not a listed image"
-        from medseg.dicom.seg import _norm_name  # the name matching read_seg applies
+        from medseg.dicom.seg import norm_label_name  # the name matching read_seg applies
 
-        declared = {_norm_name(n) for n in self.labels}
-        unknown = [n for n in seg.segment_labels if _norm_name(n) not in declared]
+        declared = {norm_label_name(n) for n in self.labels}
+        unknown = [n for n in seg.segment_labels if norm_label_name(n) not in declared]
         if unknown:
             return f"its segments {unknown} are not this app's labels {sorted(self.labels)}"
         return ""
@@ -466,14 +466,8 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
         """Check the label, then store it: ``final`` as a new SEG series in the PACS, other tags in the cache."""
         entry = self._image(image_id)
         tag = _tag_name(label_tag)
-        if not any(str(label_filename).lower().endswith(s) for s in NIFTI_SUFFIXES):
-            raise UnsupportedMediaError(f"{os.path.basename(label_filename) or 'the upload'} is not a NIfTI file "
-                                        "(.nii or .nii.gz); export the label as NIfTI on the image's grid")
         label_info = dict(label_info or {})
-        label = read_volume(label_filename, what="the uploaded label")
-        if label_info.get("label_info"):
-            label = Volume(remap_label_values(label.array, label_info["label_info"], self.labels), label.affine,
-                           label.header)
+        label = read_uploaded_label(label_filename, label_info, self.labels)
         source = read_volume(self.get_image_uri(image_id))
         check_label_against_image(label, source, self.labels)
         array = np.rint(label.array).astype(np.uint8)

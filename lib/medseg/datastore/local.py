@@ -42,8 +42,8 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from medseg.datastore.versions import LabelVersionStore, file_sha256
 from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
-from medseg.imageio import NIFTI_SUFFIXES, Volume, is_dicom_file, read_volume, write_like
-from medseg.labels import check_label_against_image, remap_label_values
+from medseg.imageio import Volume, is_dicom_file, read_volume, write_like
+from medseg.labels import check_label_against_image, nifti_suffix, read_uploaded_label
 
 logger = logging.getLogger(__name__)
 
@@ -64,16 +64,6 @@ def _atomic_copy(src: str, dest: str) -> None:
     tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dest)
-
-
-def _nifti_suffix(filename: str) -> str:
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if filename.lower().endswith(suffix):
-            return suffix
-    raise UnsupportedMediaError(
-        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz) "
-        "or a .zip of a DICOM series; convert it first"
-    )
 
 
 def _is_series_folder(path: str) -> bool:
@@ -128,7 +118,7 @@ class MedSegLocalDatastore(LocalDatastore):
             from medseg.dicom.series import read_series
 
             read_series([image_filename], what="the uploaded DICOM file")
-        _nifti_suffix(image_filename)
+        nifti_suffix(image_filename)
         read_volume(image_filename, what="the uploaded image")  # raises a 4xx for anything that is not a readable 3D volume
         self._sync()  # the base class writes its in-memory index back; start from the file's
         id_from_name, _ = self._to_id(os.path.basename(image_filename))
@@ -232,12 +222,10 @@ class MedSegLocalDatastore(LocalDatastore):
         self._object(image_id, "upload it before its label")
         if label_tag == VERSIONS_DIR:
             raise MedSegInputError(f"'{VERSIONS_DIR}' is reserved for the label history; use another tag")
-        label_ext = _nifti_suffix(label_filename)
+        label_ext = nifti_suffix(label_filename)
         label_info = dict(label_info or {})
-        label = read_volume(label_filename, what="the uploaded label")
+        label = read_uploaded_label(label_filename, label_info, self.labels)
         mapping = label_info.get("label_info")
-        if mapping:
-            label = Volume(remap_label_values(label.array, mapping, self.labels), label.affine, label.header)
         self._check(image_id, label)
 
         # The bytes to store: the upload as sent, or the remapped label. Staged outside the
@@ -269,7 +257,7 @@ class MedSegLocalDatastore(LocalDatastore):
         # Versions found on disk were never validated; the current label must always be valid.
         self._check(image_id, read_volume(src, what=f"label version {version}"))
         label_info = {"client_id": client_id, "restored_from": version}
-        ext = _nifti_suffix(entry["file"])
+        ext = nifti_suffix(entry["file"])
         meta = {"source": "restore", "restored_from": version}
         return self._commit_label(image_id, FINAL, src, ext, label_info, meta)
 
@@ -334,7 +322,7 @@ class MedSegLocalDatastore(LocalDatastore):
         if latest and latest.get("sha256") == file_sha256(path):
             return
         meta = self._version_meta(obj, current.info, {"source": "found_on_disk"})
-        self.versions.add(image_id, path, current.ext or _nifti_suffix(path), meta)
+        self.versions.add(image_id, path, current.ext or nifti_suffix(path), meta)
         logger.info("kept the untracked final label of %s as a version", image_id)
 
     def _sync(self) -> None:

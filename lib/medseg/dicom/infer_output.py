@@ -28,6 +28,7 @@ from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedSegInputError, UnknownImageError
 from medseg.imageio import is_dicom_file, read_volume, same_grid
+from medseg.tasks.infer import _flag
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +36,6 @@ router = APIRouter(prefix="/infer", tags=["Infer"])
 
 # Outputs that are float maps, not label maps: a SEG of them would be wrong.
 FLOAT_OUTPUT_PARAMS = ("probabilities", "uncertainty")
-
-
-def _flag(value) -> bool:
-    return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
 def dicom_source_path(instance, image: str) -> str:

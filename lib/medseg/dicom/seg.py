@@ -167,7 +167,7 @@ def write_seg(label: np.ndarray, source: Volume, labels: dict[str, int], path: s
     return path
 
 
-def _norm_name(name: str) -> str:
+def norm_label_name(name: str) -> str:
     return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
@@ -190,14 +190,14 @@ def read_seg(path_or_dataset, source: Volume, labels: dict[str, int]) -> np.ndar
     if str(ds.get("SOPClassUID", "")) != SEGMENTATION_STORAGE:
         raise MedSegInputError(f"not a DICOM SEG object (SOP class {ds.get('SOPClassUID')})")
 
-    by_name = {_norm_name(k): v for k, v in labels.items()}
+    by_name = {norm_label_name(k): v for k, v in labels.items()}
     segment_index = {}
     for item in ds.SegmentSequence:
         name = str(item.get("SegmentLabel", ""))
-        if _norm_name(name) not in by_name:
+        if norm_label_name(name) not in by_name:
             raise MedSegInputError(f"SEG segment {item.SegmentNumber} {name!r} is not one of this app's labels "
                                    f"{sorted(labels)}")
-        segment_index[int(item.SegmentNumber)] = by_name[_norm_name(name)]
+        segment_index[int(item.SegmentNumber)] = by_name[norm_label_name(name)]
 
     cols, rows, n_slices = source.shape
     if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
