@@ -29,7 +29,7 @@ from medseg.data.pseudo_subjects import SEED_HELDOUT, generate  # noqa: E402
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1, TISSUE_LABELS  # noqa: E402
 from medseg.imageio import read_volume  # noqa: E402
 from medseg.models import MODELS  # noqa: E402
-from medseg.pipeline.postprocess import keep_largest_component  # noqa: E402
+from medseg.pipeline.postprocess import class_argmax, keep_largest_component  # noqa: E402
 from medseg.pipeline.predictor import Predictor  # noqa: E402
 from medseg.pipeline.training import dice_per_label, pick_device  # noqa: E402
 
@@ -83,7 +83,7 @@ def run(model: str, n_heldout: int, work: Path) -> dict:
                 print(json.dumps(rows[-1]), flush=True)
         if ensemble:
             preds = [p(image, probabilities=True) for p in ensemble]
-            labels = (sum(p.probabilities for p in preds) / len(preds)).argmax(-1).astype(np.uint8)
+            labels = class_argmax(sum(p.probabilities for p in preds) / len(preds), axis=-1)
             rows.append({
                 "case": name, "tta": False, "postprocessing": "none", "ensemble": ensemble_names,
                 "dice": dice_per_label(labels, truth, TISSUE_LABELS),

@@ -19,6 +19,7 @@ import torch
 from medseg.checkpoint import ModelStore
 from medseg.imageio import read_volume
 from medseg.models import ModelSpec
+from medseg.pipeline.postprocess import class_argmax
 from medseg.pipeline.training import dice_per_label, pick_device
 
 logger = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def evaluate_models(models: list[tuple[ModelSpec, ModelStore]], val_pairs: list[
                 pred = predictor(image, probabilities=True)
                 scores[name].append(dice_per_label(pred.labels, truth, labels))
                 total = pred.probabilities if total is None else total + pred.probabilities
-        scores["ensemble"].append(dice_per_label(total.argmax(-1).astype(np.uint8), truth, labels))
+        scores["ensemble"].append(dice_per_label(class_argmax(total, axis=-1), truth, labels))
 
     def mean(rows):
         return {k: float(np.mean([r[k] for r in rows])) for k in labels}

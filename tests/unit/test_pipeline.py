@@ -1,10 +1,12 @@
 import numpy as np
+import pytest
 import torch
 
 from medseg.pipeline.inference import mirror_axes_subsets, predict_probabilities
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
 from medseg.pipeline.plan import CaseFingerprint, Plan, make_plan, target_spacing
-from medseg.pipeline.preprocess import invert_probabilities, nonzero_bbox, preprocess
+from medseg.pipeline.postprocess import class_argmax
+from medseg.pipeline.preprocess import invert_labels, invert_probabilities, nonzero_bbox, preprocess
 
 LABELS = {"a": 1}
 
@@ -42,6 +44,29 @@ def test_preprocess_and_inverse_restore_the_original_grid():
     assert back.shape == (2, 30, 28, 26)
     labels = back.argmax(0).numpy()
     assert labels[5:25, 4:20, 3:22].all() and labels.sum() == 20 * 16 * 19
+
+
+def test_labels_from_the_crop_equal_the_argmax_of_the_full_probabilities():
+    image = np.zeros((30, 28, 26), np.float32)
+    image[5:25, 4:20, 3:22] = 1.0
+    case = preprocess(image, (1.0, 1.0, 1.0), tiny_plan((1.5, 1.5, 1.5)))
+    probs = torch.softmax(torch.randn((3, *case.image.shape[1:]), generator=torch.Generator().manual_seed(0)), 0)
+    labels = invert_labels(probs, case)
+    assert labels.dtype == np.uint8 and labels.shape == (30, 28, 26)
+    assert np.array_equal(labels, invert_probabilities(probs, case).argmax(0).numpy())
+    assert set(np.unique(labels[5:25, 4:20, 3:22])) == {0, 1, 2} and not labels[:5].any()
+
+
+def test_class_argmax_matches_argmax_on_any_axis_and_breaks_ties_low():
+    scores = np.random.default_rng(1).random((4, 7, 6, 5)).astype(np.float32)
+    scores[:, 0] = 0.5  # a tie between every class: the lowest index wins, as with argmax
+    assert np.array_equal(class_argmax(scores), scores.argmax(0))
+    assert not class_argmax(scores)[0].any()
+    channels_last = np.moveaxis(scores, 0, -1)
+    assert np.array_equal(class_argmax(channels_last, axis=-1), channels_last.argmax(-1))
+    assert class_argmax(torch.from_numpy(scores)).dtype == np.uint8
+    with pytest.raises(ValueError, match="uint8"):
+        class_argmax(np.zeros((300, 2)))
 
 
 def test_mirror_tta_is_consistent_for_a_symmetric_input():

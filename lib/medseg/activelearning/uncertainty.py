@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.pipeline.inference import mirror_axes_subsets, predict_probabilities
+from medseg.pipeline.postprocess import class_argmax
 from medseg.pipeline.predictor import Predictor, voxel_entropy
 
 NORM_TYPES = (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)
@@ -65,7 +66,7 @@ def foreground_mean(values: np.ndarray, mean_probs: np.ndarray) -> float:
 
     ``mean_probs`` is (C, *spatial); class 0 is background.
     """
-    foreground = mean_probs.argmax(0) > 0
+    foreground = class_argmax(mean_probs) > 0
     region = values[foreground] if foreground.any() else values
     return float(region.mean())
 

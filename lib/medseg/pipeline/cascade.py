@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from medseg.imageio import Volume
 from medseg.pipeline.plan import Plan
+from medseg.pipeline.postprocess import class_argmax
 from medseg.pipeline.predictor import Predictor
 from medseg.pipeline.preprocess import PreprocessedCase, preprocess
 
@@ -60,14 +61,14 @@ def _ball(radius: int, dims: int) -> np.ndarray:
     return (grid**2).sum(0) <= radius**2
 
 
-def _lose_resolution(label: torch.Tensor, factors: list[float], n_classes: int) -> torch.Tensor:
+def _lose_resolution(label: torch.Tensor, factors: list[float], n_classes: int) -> np.ndarray:
     """What resampling to the coarser grid and back does to a label: blunted, shifted edges."""
     shape = label.shape
     small = [max(1, int(round(n / f))) for n, f in zip(shape, factors)]
     onehot = F.one_hot(label.long(), n_classes).movedim(-1, 0)[None].float()
     mode = "trilinear" if label.ndim == 3 else "bilinear"
     down = F.interpolate(onehot, size=small, mode=mode, align_corners=False)
-    return F.interpolate(down, size=tuple(shape), mode=mode, align_corners=False)[0].argmax(0)
+    return class_argmax(F.interpolate(down, size=tuple(shape), mode=mode, align_corners=False)[0])
 
 
 def _perturb_channel(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +103,7 @@ class PerturbedPreviousStage:
     def __call__(self, labels: torch.Tensor) -> torch.Tensor:
         out = []
         for label in labels:
-            degraded = _lose_resolution(label, self.factors, self.n_classes).numpy()
+            degraded = _lose_resolution(label, self.factors, self.n_classes)
             channels = [_perturb_channel(degraded == c, self.rng) for c in range(1, self.n_classes)]
             out.append(np.stack(channels).astype(np.float32))
         return torch.from_numpy(np.stack(out))

@@ -8,7 +8,28 @@ validated.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy import ndimage
+
+
+def class_argmax(scores, axis: int = 0) -> np.ndarray:
+    """Index of the highest class score along ``axis`` as uint8 (ties go to the lower index).
+
+    Same result as ``argmax``. torch's CPU argmax over a leading (strided) class axis
+    reduces one voxel at a time and was the slowest step of an infer request on a 1 mm
+    volume; comparing whole class maps is vectorized. Every prediction path turns
+    probabilities into labels through here.
+    """
+    scores = torch.as_tensor(scores).movedim(axis, 0)
+    if scores.shape[0] > 256:
+        raise ValueError(f"{scores.shape[0]} classes do not fit uint8 labels")
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for c in range(1, scores.shape[0]):
+        higher = scores[c] > best
+        index.masked_fill_(higher, c)
+        torch.maximum(best, scores[c], out=best)
+    return index.numpy()
 
 
 def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:

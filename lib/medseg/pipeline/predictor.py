@@ -17,6 +17,7 @@ from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing
 from medseg.pipeline.preprocess import (
     PreprocessedCase,
+    invert_labels,
     invert_probabilities,
     preprocess,
 )
@@ -63,14 +64,14 @@ class Predictor:
             self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device
         )
         t2 = time.perf_counter()
-        full = invert_probabilities(probs, case)
         # Class index c is label value c: plans declare labels as 1..n (see labels.py).
-        labels = full.argmax(0).numpy().astype(np.uint8)
+        labels = invert_labels(probs, case)
         labels = apply_postprocessing(labels, self.largest_component_labels)
+        full = invert_probabilities(probs, case).movedim(0, -1).numpy() if probabilities else None
         t3 = time.perf_counter()
         return Prediction(
             labels=labels,
-            probabilities=full.movedim(0, -1).numpy().astype(np.float32) if probabilities else None,
+            probabilities=full,
             latencies_s={**latencies, "infer": round(t2 - t1, 3), "post": round(t3 - t2, 3),
                          "total": round(t3 - t0, 3)},
         )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 
 from medseg.pipeline.plan import ANISOTROPY_RATIO, Plan
+from medseg.pipeline.postprocess import class_argmax
 
 # Cropping removed "much" of the image when less than 3/4 of it stays; then the
 # per-image z-score uses only the nonzero mask (nnU-Net's use_mask_for_norm rule).
@@ -106,7 +107,7 @@ def resample_label(label: np.ndarray, new_shape, n_classes: int) -> np.ndarray:
         return label.astype(np.uint8, copy=False)
     lab = torch.from_numpy(label.astype(np.int64))
     onehot = F.one_hot(lab, n_classes).permute(label.ndim, *range(label.ndim)).float()
-    return resample_probabilities(onehot, new_shape).argmax(0).numpy().astype(np.uint8)
+    return class_argmax(resample_probabilities(onehot, new_shape))
 
 
 def normalize(image: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> np.ndarray:
@@ -140,6 +141,17 @@ def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | No
         bbox=bbox,
         cropped_shape=tuple(cropped.shape),
     )
+
+
+def invert_labels(probs: torch.Tensor, case: PreprocessedCase) -> np.ndarray:
+    """(C, *target-spacing grid) class probabilities -> uint8 labels on the original grid.
+
+    The same labels as the argmax of ``invert_probabilities``, but only the crop box is
+    resampled and compared; the rest of the image is background.
+    """
+    labels = np.zeros(case.original_shape, dtype=np.uint8)
+    labels[_slices(case.bbox)] = class_argmax(resample_probabilities(probs, case.cropped_shape))
+    return labels
 
 
 def invert_probabilities(probs: torch.Tensor, case: PreprocessedCase) -> torch.Tensor:

@@ -29,7 +29,7 @@ from medseg.pipeline.augment import augment_sample, intensity_quantiles
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
 from medseg.pipeline.plan import Plan
-from medseg.pipeline.postprocess import apply_postprocessing, decide_largest_component
+from medseg.pipeline.postprocess import apply_postprocessing, class_argmax, decide_largest_component
 from medseg.pipeline.preprocess import PreprocessedCase, preprocess
 
 logger = logging.getLogger(__name__)
@@ -273,7 +273,7 @@ def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> tupl
     for case in cases:
         probs = predict_probabilities(network, torch.from_numpy(np.array(case.image)), plan.patch_size_vox,
                                       device=device)
-        preds.append(probs.argmax(0).numpy().astype(np.uint8))
+        preds.append(class_argmax(probs))
     return mean_dice_per_label(preds, [c.label for c in cases], plan.labels), preds
 
 

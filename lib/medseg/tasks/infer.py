@@ -14,6 +14,7 @@ from medseg.checkpoint import ModelStore
 from medseg.errors import UnknownImageError
 from medseg.imageio import read_volume, write_like
 from medseg.models import ModelSpec
+from medseg.pipeline.postprocess import class_argmax
 from medseg.pipeline.predictor import Prediction, Predictor, voxel_entropy
 from medseg.pipeline.training import pick_device
 from medseg.selection import best_choice, load_selection
@@ -161,7 +162,7 @@ class EnsembleInferTask(VolumeInferTask):
             latencies[member.spec.name] = prediction.latencies_s
             versions[member.spec.name] = meta["model_version"]
         mean = total / len(members)
-        labels = mean.argmax(-1).astype(np.uint8)
+        labels = class_argmax(mean, axis=-1)
         latencies["total"] = round(sum(v["total"] for v in latencies.values()), 3)
         prediction = Prediction(labels=labels, latencies_s=latencies, probabilities=mean if probabilities else None)
         return prediction, {"model": "ensemble", "members": versions}
