@@ -29,6 +29,7 @@ between the ``suite`` markers in bench/README.md and README.md.
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import io
 import json
@@ -243,6 +244,7 @@ def _best_rate(fn, flops: float, repeats: int) -> float:
     return flops / best
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_compute_ceiling(repeats: int = 5) -> dict:
     """FP32 FLOP/s of the best cases of this CPU's kernels, with torch's threads: the roofline there.
 
@@ -250,6 +252,7 @@ def cpu_compute_ceiling(repeats: int = 5) -> dict:
     ceiling is measured: the faster of a 2048x2048 matrix product (BLAS) and a 128-channel
     3x3x3 convolution on a 32^3 volume (oneDNN, the library the networks' convolutions run
     on). Both are needed: on AMD CPUs MKL's GEMM takes a slower code path than oneDNN.
+    Measured once per run, so every row of a run is set against the same ceiling.
     """
     import torch
 

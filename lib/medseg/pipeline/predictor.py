@@ -14,7 +14,7 @@ import torch
 from medseg.imageio import Volume
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
-from medseg.pipeline.postprocess import apply_postprocessing
+from medseg.pipeline.postprocess import apply_postprocessing, class_argmax
 from medseg.pipeline.preprocess import (
     PreprocessedCase,
     invert_labels,
@@ -65,9 +65,12 @@ class Predictor:
         )
         t2 = time.perf_counter()
         # Class index c is label value c: plans declare labels as 1..n (see labels.py).
-        labels = invert_labels(probs, case)
+        if probabilities:  # one resampling serves both the labels and the maps returned
+            full = invert_probabilities(probs, case)
+            labels, full = class_argmax(full), full.movedim(0, -1).numpy()
+        else:
+            labels, full = invert_labels(probs, case), None
         labels = apply_postprocessing(labels, self.largest_component_labels)
-        full = invert_probabilities(probs, case).movedim(0, -1).numpy() if probabilities else None
         t3 = time.perf_counter()
         return Prediction(
             labels=labels,
