@@ -44,6 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import machine_info, update_readme_table  # noqa: E402
+from metrics import dice_per_label  # noqa: E402
 from server import BenchServer  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -98,14 +99,6 @@ def prepare_data(n_pool: int, n_heldout: int, spacing_mm: float) -> dict[str, di
 
 
 # ---------------------------------------------------------------- one run
-
-
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    out = {}
-    for name, value in labels.items():
-        p, t = pred == value, truth == value
-        out[name] = float(2 * np.logical_and(p, t).sum() / max(int(p.sum() + t.sum()), 1))
-    return out
 
 
 def heldout_dice(srv: BenchServer, model: str, heldout: dict, labels: dict[str, int]) -> dict[str, float]:

@@ -4,7 +4,7 @@ Every prediction, ours or a peer's, is scored here on the ground truth's own gri
 the numbers differ only by the prediction.
 
 * Dice per label: 2|P and T| / (|P| + |T|); 1.0 when the label is absent from both
-  (the definition medseg.pipeline.training.dice_per_label uses for validation).
+  (medseg.pipeline.training.dice_per_label, the one validation uses).
 * HD95 per label, in millimetres: the 95th percentile Hausdorff distance between the
   surfaces of P and T, symmetric as in MONAI's ``compute_hausdorff_distance(percentile=95)``
   (the larger of the two directed 95th percentiles). Surfaces are the voxels of a mask
@@ -18,21 +18,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from medseg.pipeline.training import dice_per_label
 from scipy import ndimage
 
 # Face connectivity: a voxel is on the surface when one of its 6 neighbours is outside.
 _FACES = ndimage.generate_binary_structure(3, 1)
-
-
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} are not on the same grid")
-    out = {}
-    for name, value in labels.items():
-        p, t = pred == value, truth == value
-        denom = int(p.sum()) + int(t.sum())
-        out[name] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
-    return out
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.dicom.seg import decimal_string
 from medseg.imageio import Volume, read_volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -52,13 +53,6 @@ def ct_like_from_mr(volume: Volume) -> Volume:
     top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
     hu = np.clip(array, 0, None) / top * CT_BRAIN_WINDOW_HU
     return Volume(array=hu.astype(np.float32), affine=volume.affine.copy(), header=None, modality="CT")
-
-
-def _ds(x: float):
-    from pydicom.valuerep import DSfloat
-
-    # DS is at most 16 characters (PS3.5 6.2); auto_format keeps as many digits as fit.
-    return DSfloat(float(x), auto_format=True)
 
 
 def _right_handed(array: np.ndarray, affine_lps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,10 +130,10 @@ def _base_dataset(modality: str, patient_id: str, patient_name: str, study_uid: 
     if modality == "CT":
         # CT Image module (C.8.2.1)
         ds.SOPClassUID = CT_IMAGE_STORAGE
-        ds.KVP = _ds(120)
+        ds.KVP = decimal_string(120)
         ds.RescaleType = "HU"
-        ds.WindowCenter = _ds(40)
-        ds.WindowWidth = _ds(80)
+        ds.WindowCenter = decimal_string(40)
+        ds.WindowWidth = decimal_string(80)
     else:
         # MR Image module (C.8.3.1): a plausible 3D gradient-echo T1 acquisition
         ds.SOPClassUID = MR_IMAGE_STORAGE
@@ -147,10 +141,10 @@ def _base_dataset(modality: str, patient_id: str, patient_name: str, study_uid: 
         ds.SequenceVariant = "SP"
         ds.ScanOptions = ""
         ds.MRAcquisitionType = "3D"
-        ds.RepetitionTime = _ds(8.1)
-        ds.EchoTime = _ds(3.7)
+        ds.RepetitionTime = decimal_string(8.1)
+        ds.EchoTime = decimal_string(3.7)
         ds.EchoTrainLength = 1
-        ds.MagneticFieldStrength = _ds(3)
+        ds.MagneticFieldStrength = decimal_string(3)
         ds.ImagedNucleus = "1H"
     return ds
 
@@ -198,19 +192,19 @@ def write_series(volume: Volume | str | os.PathLike, out_dir: str | os.PathLike,
         generate_uid(), series_description or f"MedSeg sample {modality}", series_number, study_description, now)
     base.Rows, base.Columns = int(array.shape[1]), int(array.shape[0])  # Rows = j, Columns = i
     base.PixelRepresentation = pixel_representation
-    base.RescaleSlope = _ds(slope)
-    base.RescaleIntercept = _ds(intercept)
+    base.RescaleSlope = decimal_string(slope)
+    base.RescaleIntercept = decimal_string(intercept)
     # PixelSpacing is (row spacing, column spacing) = (along j, along i) (PS3.3 C.7.6.2.1.1)
-    base.PixelSpacing = [_ds(spacing_j), _ds(spacing_i)]
-    base.ImageOrientationPatient = [_ds(x) for x in (*row_cos, *col_cos)]
-    base.SliceThickness = _ds(abs(slice_spacing))
-    base.SpacingBetweenSlices = _ds(abs(slice_spacing))
+    base.PixelSpacing = [decimal_string(spacing_j), decimal_string(spacing_i)]
+    base.ImageOrientationPatient = [decimal_string(x) for x in (*row_cos, *col_cos)]
+    base.SliceThickness = decimal_string(abs(slice_spacing))
+    base.SpacingBetweenSlices = decimal_string(abs(slice_spacing))
     if pixel_representation == 1:
         base.SmallestImagePixelValue = int(stored.min())
         base.LargestImagePixelValue = int(stored.max())
     if modality == "MR":
-        base.WindowCenter = _ds(float(np.percentile(array, 99)) / 2 or 1)
-        base.WindowWidth = _ds(float(np.percentile(array, 99)) or 1)
+        base.WindowCenter = decimal_string(float(np.percentile(array, 99)) / 2 or 1)
+        base.WindowWidth = decimal_string(float(np.percentile(array, 99)) or 1)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -227,8 +221,8 @@ def write_series(volume: Volume | str | os.PathLike, out_dir: str | os.PathLike,
             ds = FileDataset(name, copy.deepcopy(base), file_meta=meta, preamble=b"\0" * 128)
             ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
             ds.InstanceNumber = k + 1
-            ds.ImagePositionPatient = [_ds(x) for x in position]
-            ds.SliceLocation = _ds(float(position @ normal))
+            ds.ImagePositionPatient = [decimal_string(x) for x in position]
+            ds.SliceLocation = decimal_string(float(position @ normal))
             ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).tobytes()  # (Rows, Columns) = (j, i)
             ds.is_little_endian, ds.is_implicit_VR = True, False
             ds.save_as(str(staging / name), write_like_original=False)

@@ -114,8 +114,8 @@ def seg_dataset(label: np.ndarray, source: Volume, labels: dict[str, int],
     shared = pydicom.Dataset()
     measures = pydicom.Dataset()
     measures.PixelSpacing = list(first.PixelSpacing)
-    measures.SliceThickness = first.get("SliceThickness") or _ds(spacing_k)
-    measures.SpacingBetweenSlices = _ds(spacing_k)
+    measures.SliceThickness = first.get("SliceThickness") or decimal_string(spacing_k)
+    measures.SpacingBetweenSlices = decimal_string(spacing_k)
     shared.PixelMeasuresSequence = [measures]
     orientation = pydicom.Dataset()
     orientation.ImageOrientationPatient = list(first.ImageOrientationPatient)
@@ -260,7 +260,8 @@ def _frame_slice(item, to_voxel: np.ndarray, sop_to_k: dict, n_slices: int, f: i
     raise MedSegInputError(f"SEG frame {f + 1} has no position and references no slice of this image")
 
 
-def _ds(x: float):
+def decimal_string(x: float):
+    """A DICOM DS value. DS is at most 16 characters (PS3.5 6.2); auto_format keeps as many digits as fit."""
     from pydicom.valuerep import DSfloat
 
     return DSfloat(float(x), auto_format=True)

@@ -254,6 +254,9 @@ class PatchSampler:
 
 
 def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
+    """2|P and T| / (|P| + |T|) per label; 1.0 when the label is absent from both."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} are not on the same grid")
     out = {}
     for name, idx in labels.items():
         p, t = pred == idx, truth == idx
