@@ -42,6 +42,15 @@ def test_two_gloo_processes_train_the_same_weights(tmp_path):
     assert [h["loss"] for h in results[0].history] != [h["loss"] for h in results[1].history]
 
 
+def storage_is_shared(tensor: torch.Tensor) -> bool:
+    return tensor.is_shared()
+
+
+def test_every_rank_gets_its_own_copy_of_the_weights():
+    # Shared storage would let every rank's optimizer write to the same weights.
+    assert run_distributed(2, storage_is_shared, torch.zeros(3)) == [False, False]
+
+
 def test_one_process_when_multi_gpu_is_off():
     assert TrainConfig().processes() == 1
     assert TrainConfig.from_request({"multi_gpu": "true", "world_size": "3"}).processes() == 3

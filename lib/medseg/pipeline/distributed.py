@@ -16,6 +16,7 @@ DDP, splits the batch across ranks and validates on rank 0 only.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import tempfile
 from pathlib import Path
@@ -39,10 +40,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, backend: str, address: str, out_dir: str, fn: Callable, args: tuple):
+def _worker(rank: int, world_size: int, backend: str, address: str, out_dir: str, payload: bytes):
     # Every process shares the machine's cores: without this, each would start one
     # thread per core and the processes would fight over them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    fn, args = pickle.loads(payload)
     dist.init_process_group(backend, init_method=address, rank=rank, world_size=world_size)
     try:
         if backend == "nccl":
@@ -64,8 +66,12 @@ def run_distributed(world_size: int, fn: Callable, *args) -> list[Any]:
         return [fn(*args)]
     backend = backend_for(world_size)
     address = f"tcp://127.0.0.1:{free_port()}"
+    # Plain pickle, not torch.multiprocessing's: that one hands CPU tensors over as shared
+    # memory, so every rank's optimizer would step the same weights (a race that left the
+    # ranks' weights different). Each rank must own a copy, as with one process per GPU.
+    payload = pickle.dumps((fn, args))
     with tempfile.TemporaryDirectory(prefix="medseg-ddp-") as out_dir:
-        mp.spawn(_worker, args=(world_size, backend, address, out_dir, fn, args), nprocs=world_size, join=True)
+        mp.spawn(_worker, args=(world_size, backend, address, out_dir, payload), nprocs=world_size, join=True)
         return [torch.load(Path(out_dir) / f"rank{r}.pt", weights_only=False) for r in range(world_size)]
 
 
