@@ -75,10 +75,14 @@ def test_monai_labels_own_slicer_client_works_with_our_server(our_server, tmp_pa
     assert np.array_equal(np.asarray(nib.load(str(stored)).dataobj), pred)  # mapped back to the app's indices
 
     client.train_start("unet3d", TINY_TRAINING)
+    # Follow the task itself, not check_if_running: MONAI Label answers "not running" while the
+    # task is still SUBMITTED (its process not yet started), which on a loaded machine made the
+    # loop end before training began.
     deadline = time.time() + 600
-    while client.train_status(check_if_running=True) and time.time() < deadline:
-        time.sleep(2)
     status = client.train_status()
+    while status["status"] in ("SUBMITTED", "RUNNING") and time.time() < deadline:
+        time.sleep(2)
+        status = client.train_status()
     assert status["status"] == "DONE", status
     assert client.info()["train_stats"]["unet3d"]["published"] is True
 
