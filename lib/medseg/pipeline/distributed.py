@@ -44,11 +44,11 @@ def _worker(rank: int, world_size: int, backend: str, address: str, out_dir: str
     # Every process shares the machine's cores: without this, each would start one
     # thread per core and the processes would fight over them.
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    if backend == "nccl":
+        torch.cuda.set_device(rank)  # before unpickling, so no argument lands on GPU 0 for every rank
     fn, args = pickle.loads(payload)
     dist.init_process_group(backend, init_method=address, rank=rank, world_size=world_size)
     try:
-        if backend == "nccl":
-            torch.cuda.set_device(rank)
         result = fn(*args)
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
         dist.barrier()
