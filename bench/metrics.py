@@ -18,8 +18,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from medseg.pipeline.training import dice_per_label
 from scipy import ndimage
+
+from medseg.pipeline.training import dice_per_label
 
 # Face connectivity: a voxel is on the surface when one of its 6 neighbours is outside.
 _FACES = ndimage.generate_binary_structure(3, 1)

@@ -5,8 +5,9 @@ the same budget (iterations, patch, batch, training/validation split), scores th
 same code (bench/metrics.py: Dice and HD95 per label) on held-out pseudo-subjects and on the
 original 1 mm template, measures end-to-end inference on the 1 mm template through each
 one's real interface (REST for the two MONAI Label apps, a warm nnU-Net predictor and the
-``nnUNetv2_predict`` command for nnU-Net), training speed and peak memory, and the achieved FLOP/s of each network's forward pass
-against a ceiling: the data-sheet peak on a GPU, the best measured kernel rate on a CPU.
+``nnUNetv2_predict`` command for nnU-Net), training speed and peak memory, and the achieved
+FLOP/s of each network's forward pass against a ceiling: the data-sheet peak on a GPU, the
+best measured kernel rate on a CPU.
 
 * ours: a real MedSeg server (bench/server.py) with ``shipped_weights false`` (from
   scratch) and ``al_auto_scoring false``; labels are submitted through REST and every

@@ -16,10 +16,10 @@ def class_argmax(scores, axis: int = 0) -> np.ndarray:
     """Index of the highest class score along ``axis`` as uint8 (ties go to the lower index).
 
     Same result as ``argmax`` for finite scores (softmax and resampling give NaN in every
-    class of a voxel or in none; such a voxel gets 0 here and from argmax). torch's CPU argmax over a leading (strided) class axis
-    reduces one voxel at a time and was the slowest step of an infer request on a 1 mm
-    volume; comparing whole class maps is vectorized. Every prediction path turns
-    probabilities into labels through here.
+    class of a voxel or in none; such a voxel gets 0 here and from argmax). torch's CPU
+    argmax over a leading (strided) class axis reduces one voxel at a time and was the
+    slowest step of an infer request on a 1 mm volume; comparing whole class maps is
+    vectorized. Every prediction path turns probabilities into labels through here.
     """
     scores = torch.as_tensor(scores).movedim(axis, 0)
     if scores.shape[0] > 256:
