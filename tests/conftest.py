@@ -18,13 +18,14 @@ CACHE = Path(os.environ.get("MEDSEG_TEST_CACHE", REPO / "work" / "test-cache"))
 class Server(LabelServer):
     """The real server over a studies folder (or a DICOMweb URL), its log beside the folder."""
 
-    def __init__(self, studies: Path | str, conf: dict[str, str] | None = None, log_dir: Path | None = None):
+    def __init__(self, studies: Path | str, conf: dict[str, str] | None = None, log_dir: Path | None = None,
+                 **kwargs):
         remote = str(studies).startswith(("http://", "https://"))
         self.studies = str(studies) if remote else Path(studies)  # a Path would fold the URL's "//"
         # Uncertainty scoring runs (MC dropout, TTA) that the server would start by itself cost
         # minutes of CPU per server; tests that need them start them (tests/e2e/test_strategies.py).
         conf = {"al_auto_scoring": "false", **(conf or {})}
-        super().__init__(APP_DIR, self.studies, conf, log_dir or self.studies.parent)
+        super().__init__(APP_DIR, self.studies, conf, log_dir or self.studies.parent, **kwargs)
 
     def wait_for_training(self, timeout_s: float = 900) -> dict:
         return self.wait_for_task("train", timeout_s)

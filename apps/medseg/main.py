@@ -9,6 +9,7 @@ import logging
 import os
 
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.tasks.activelearning.first import First
 from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.async_tasks.task import AsyncTask
@@ -23,7 +24,9 @@ from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import MedSegLocalDatastore
 from medseg.errors import MedSegInputError, UnknownImageError, UnknownModelError
-from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, _flag
+from medseg.ids import image_id as checked_image_id
+from medseg.request_options import infer_options
+from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, UploadedImage, device_name
 from medseg.tasks.train import train_tasks
 
 logger = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class MedSegApp(MONAILabelApp):
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+            limits=self.cfg.grid_limits(),
         )
 
     def init_infers(self):
@@ -76,17 +80,50 @@ class MedSegApp(MONAILabelApp):
         return train_tasks(self.cfg, self.stores)
 
     def infer(self, request, datastore=None):
+        """Every inference comes through here (REST, batch, scoring): its image and options checked first.
+
+        The image is a datastore id, or a file MedSeg's infer route received with the request
+        (``UploadedImage``, which no JSON can forge); a path on the server only with
+        ``--conf infer_server_paths true``. A prediction is saved under its own tag, never as
+        the clinician's ``final`` label.
+        """
         model = request.get("model")
-        if model and model not in self._infers:
-            raise UnknownModelError(f"model '{model}' is not served here; served models: {', '.join(self._infers)}")
-        image = request.get("image")
+        if model not in self._infers:
+            raise UnknownModelError(f"model {model!r} is not served here; served models: {', '.join(self._infers)}")
         store = datastore or self.datastore()
-        if isinstance(image, str) and not os.path.exists(image) and not store.get_image_uri(image):
+        request = {**request, **infer_options({k: v for k, v in request.items() if k not in ("model", "image")},
+                                              device_name(self.cfg.device))}
+        image = self._infer_image(request.get("image"), store)
+        save = request.pop("save_label", False)
+        tag = request.pop("label_tag", DefaultLabelTag.ORIGINAL.value)
+        if save:
+            if isinstance(image, UploadedImage):
+                raise MedSegInputError("save_label needs an image of the datastore (?image=<id>), not an uploaded file")
+            if tag == DefaultLabelTag.FINAL.value:
+                raise MedSegInputError("a prediction cannot be saved as the final label, which only a person submits; "
+                                       "use label_tag original (the default) or a tag of its own")
+            if request.get("uncertainty") or request.get("probabilities"):
+                # Those outputs are float maps, not label maps: storing one as a label would corrupt the datastore.
+                raise MedSegInputError("save_label stores label maps only; drop uncertainty/probabilities or save_label")
+        result = super().infer({**request, "image": image, "save_label": False}, store)
+        if save:
+            store.save_label(image, result["file"], tag, {"model": model, "params": result["params"], "source": "infer"})
+            result.update(label=image, tag=tag)
+        return result
+
+    def _infer_image(self, image, store):
+        if isinstance(image, UploadedImage):
+            return image
+        if not image:
+            raise MedSegInputError("infer needs an image: ?image=<datastore id>, or the image file in the request")
+        if self.cfg.infer_server_paths and isinstance(image, str) and os.path.isabs(image):
+            if not os.path.exists(image):
+                raise UnknownImageError(f"no file {image!r} on the server")
+            return image
+        checked_image_id(image)
+        if not store.get_image_uri(image):
             raise UnknownImageError(f"image '{image}' is not in the datastore; list images with GET /datastore/?output=all")
-        if _flag(request.get("save_label")) and any(_flag(request.get(k)) for k in ("uncertainty", "probabilities")):
-            # Those outputs are float maps, not label maps: storing one as a label would corrupt the datastore.
-            raise MedSegInputError("save_label stores label maps only; drop uncertainty/probabilities or save_label")
-        return super().infer(request, datastore)
+        return image
 
     def uncertainty_model(self):
         """The infer task whose network the uncertainty scores use (conf al_model); None without weights."""
@@ -157,18 +194,23 @@ class MedSegApp(MONAILabelApp):
         from medseg import model_versions_api
         from medseg.server_routes import include_in_server
 
+        from medseg import guarded_routes, http_guard
+
+        store = self.datastore()
+        if isinstance(store, MedSegLocalDatastore):
+            store.recover()  # before any request: finish or undo what a kill interrupted
+        http_guard.install(self.cfg.max_upload_mb, self.cfg.open_network)
         routers = [model_versions_api.router]
-        if isinstance(self.datastore(), MedSegLocalDatastore):
+        if isinstance(store, MedSegLocalDatastore):
             from medseg.datastore import versions_api
 
             routers.append(versions_api.router)
         include_in_server(*routers)
-        # infer output=dicom_seg: our offline SEG writer instead of MONAI Label's dcmqi download;
-        # image download of DICOM series (folders), which MONAI Label's route cannot serve.
+        # Checked inputs on MONAI Label's routes (and infer output=dicom_seg by our offline SEG
+        # writer); image download of DICOM series (folders), which MONAI Label's route cannot serve.
         from medseg.datastore import image_download
-        from medseg.dicom import infer_output
 
-        infer_output.install()
+        guarded_routes.install()
         image_download.install()
         self.auto_train()  # start counting new final labels from now
         super().on_init_complete()

@@ -38,11 +38,15 @@ class AppConfig:
     auto_train_after: int = 0  # retrain after this many new final labels (0: never by itself)
     auto_train_model: str = ""  # which model: "" = the first served one
     auto_train_options: dict | None = None  # training options of the automatic runs (as in POST /train/)
+    max_image_voxels: int = 512 * 512 * 1024  # largest image (or label) a header may claim
+    max_upload_mb: float = 2048.0  # largest request body; 413 beyond
+    infer_server_paths: bool = False  # let POST /infer read files on the server by path, not only datastore ids
+    open_network: bool = False  # with auth off, answer clients that are not on this machine (loopback) too
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
         known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", "shipped_weights",
-                 *ACTIVE_LEARNING_KEYS}
+                 *ACTIVE_LEARNING_KEYS, *SAFETY_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             try:
@@ -89,7 +93,25 @@ class AppConfig:
             modality=modality,
             gpu_memory_gb=gpu_memory_gb,
             **_active_learning(conf, [m.name for m in models]),
+            **_safety(conf),
         )
+
+    def grid_limits(self):
+        from medseg.imageio import GridLimits
+
+        return GridLimits(max_voxels=self.max_image_voxels)
+
+
+SAFETY_KEYS = ("max_image_voxels", "max_upload_mb", "infer_server_paths", "open_network")
+
+
+def _safety(conf: dict) -> dict:
+    return {
+        "max_image_voxels": _number(conf, "max_image_voxels", 512 * 512 * 1024, int, 4**3, 2**34),
+        "max_upload_mb": _number(conf, "max_upload_mb", 2048, float, 0.001, 1024 * 1024),
+        "infer_server_paths": _bool("infer_server_paths", conf.get("infer_server_paths", "false")),
+        "open_network": _bool("open_network", conf.get("open_network", "false")),
+    }
 
 
 ACTIVE_LEARNING_KEYS = ("al_model", "al_passes", "al_dropout", "al_reservation_s", "al_auto_scoring",

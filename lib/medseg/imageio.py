@@ -16,10 +16,56 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg import durable
 from medseg.errors import MedSegInputError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_MAGIC_OFFSET = 128  # PS3.10 7.1: a 128-byte preamble, then "DICM"
+
+
+@dataclass(frozen=True)
+class GridLimits:
+    """What a volume's header may claim before a byte of its data is read.
+
+    A header is a few hundred bytes that says how much memory reading the data will
+    take; checking it first is what stops a 98-byte file claiming 10^9 voxels. The
+    defaults cover clinical CT and MR (512 x 512 x 1024 voxels, 0.05-50 mm voxels) and
+    refuse what no pipeline step can work on. ``--conf max_image_voxels`` raises the cap.
+    """
+
+    max_voxels: int = 512 * 512 * 1024
+    min_axis_voxels: int = 4
+    min_spacing_mm: float = 0.05
+    max_spacing_mm: float = 50.0
+
+    def check_size(self, shape, what: str) -> None:
+        shape = tuple(int(s) for s in shape)
+        voxels = int(np.prod(shape, dtype=np.int64))
+        if voxels > self.max_voxels:
+            raise MedSegInputError(f"{what} has {voxels:,} voxels ({'x'.join(map(str, shape))}); this server takes "
+                                   f"at most {self.max_voxels:,} (--conf max_image_voxels)")
+
+    def check(self, shape, affine, what: str) -> None:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise MedSegInputError(f"{what} has shape {list(shape)}; a 3D volume is required")
+        self.check_size(shape, what)
+        if min(shape) < self.min_axis_voxels:
+            raise MedSegInputError(f"{what} is {'x'.join(map(str, shape))} voxels; every axis needs at least "
+                                   f"{self.min_axis_voxels}")
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+            raise MedSegInputError(f"{what} has a voxel-to-world transform (affine) with NaN or infinite values")
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.any(spacing < self.min_spacing_mm) or np.any(spacing > self.max_spacing_mm):
+            raise MedSegInputError(f"{what} has voxel spacing {np.round(spacing, 6).tolist()} mm; each must lie in "
+                                   f"{self.min_spacing_mm}-{self.max_spacing_mm} mm")
+        # Axes that (nearly) coincide make a singular grid: no world position maps back to one voxel.
+        if abs(np.linalg.det(affine[:3, :3] / spacing)) < 1e-3:
+            raise MedSegInputError(f"{what} has voxel axes that are parallel (a singular direction matrix)")
+
+
+LIMITS = GridLimits()
 
 
 @dataclass
@@ -49,7 +95,68 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
     return head[DICOM_MAGIC_OFFSET:] == b"DICM"
 
 
-def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = None) -> Volume:
+def _nifti_shape(img) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in img.shape)
+    return shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+
+
+def _open_nifti(path: str, what: str, limits: GridLimits):
+    """The NIfTI image with its header checked; its data not read yet."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path, keep_file_open=True)
+        header = img.header
+        zooms = [float(z) for z in header.get_zooms()[:3]]
+        affine = img.affine
+    except Exception as e:  # nibabel raises many types for corrupt input
+        raise MedSegInputError(f"cannot read {what} as a NIfTI image: {e}") from e
+    if not np.all(np.isfinite(zooms)):
+        raise MedSegInputError(f"{what} has NaN or infinite voxel sizes (pixdim) in its header")
+    limits.check(_nifti_shape(img), affine, what)
+    return img
+
+
+def check_image_file(path: str | os.PathLike, what: str, limits: GridLimits = LIMITS) -> tuple[int, ...]:
+    """Check an uploaded NIfTI image without holding it in memory; its shape.
+
+    Header and geometry first (``GridLimits``), then the data is streamed slab by slab
+    (a few MB at a time, however large the volume): it must be all there, finite, and
+    not one value everywhere. A constant volume is no scan; it is what a gzip bomb is
+    made of (a few hundred KB that inflate to 10^8 identical voxels).
+    """
+    img = _open_nifti(str(path), what, limits)
+    shape = _nifti_shape(img)
+    slab = max(1, (8 << 20) // max(1, shape[0] * shape[1] * 4))  # about 8 MB of float32 per read
+    low, high = np.inf, -np.inf
+    try:
+        for k in range(0, shape[2], slab):
+            block = np.asarray(img.dataobj[:, :, k:k + slab], dtype=np.float32)
+            if not np.all(np.isfinite(block)):
+                raise MedSegInputError(f"{what} contains NaN or infinite values")
+            low, high = min(low, float(block.min())), max(high, float(block.max()))
+    except MedSegInputError:
+        raise
+    except Exception as e:  # truncated or corrupt data
+        raise MedSegInputError(f"cannot read the data of {what}: {e}") from e
+    finally:
+        _close(img)
+    if low == high:
+        raise MedSegInputError(f"{what} holds the single value {low:g} in all its voxels; it is not a scan")
+    return shape
+
+
+def _close(img) -> None:
+    for holder in img.file_map.values():
+        if holder.fileobj is not None:
+            holder.fileobj.close()
+    proxy = getattr(img, "dataobj", None)
+    if hasattr(proxy, "_opener") and proxy._opener is not None:  # keep_file_open: nibabel's own handle
+        proxy._opener.close_if_mine()
+
+
+def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = None,
+                limits: GridLimits = LIMITS) -> Volume:
     """Read a 3D NIfTI volume or a DICOM series; raise MedSegInputError for anything else.
 
     A folder is read as one DICOM series; so is a single DICOM file (which is
@@ -63,12 +170,16 @@ def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = No
     if os.path.isdir(path) or is_dicom_file(path):
         from medseg.dicom.series import read_series
 
-        return read_series(path, dtype=dtype, what=what)
+        return read_series(path, dtype=dtype, what=what, limits=limits)
     what = what or os.path.basename(path)
     try:
         img = nib.load(path)
-        array = np.asarray(img.dataobj, dtype=dtype)
     except Exception as e:  # nibabel raises many types for corrupt input
+        raise MedSegInputError(f"cannot read {what} as a NIfTI image: {e}") from e
+    limits.check_size(img.shape, what)  # before the data is allocated
+    try:
+        array = np.asarray(img.dataobj, dtype=dtype)
+    except Exception as e:
         raise MedSegInputError(f"cannot read {what} as a NIfTI image: {e}") from e
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
@@ -101,10 +212,13 @@ def write_like(path: str | os.PathLike, array: np.ndarray, like: Volume, dtype=n
     img.header["scl_slope"] = 1.0
     img.header["scl_inter"] = 0.0
     path = Path(path)
-    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{suffix}")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    tmp = durable.temp_name(path, keep_suffix=".nii.gz" if path.name.endswith(".gz") else ".nii")
+    try:
+        nib.save(img, tmp)
+        durable.commit(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def same_grid(a: Volume, b: Volume, tol_mm: float = 1e-3) -> bool:

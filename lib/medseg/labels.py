@@ -1,12 +1,27 @@
 """The label-index contract and the checks every submitted label goes through."""
 from __future__ import annotations
 
-import numpy as np
-
 import os
 
+import numpy as np
+
 from medseg.errors import MedSegInputError, UnsupportedMediaError
-from medseg.imageio import NIFTI_SUFFIXES, Volume, read_volume
+from medseg.imageio import LIMITS, NIFTI_SUFFIXES, GridLimits, Volume, read_volume
+
+
+def stored_as_integers(path: str) -> bool:
+    """True when the NIfTI file's voxels are integers as stored (an integer type, no scaling)."""
+    import nibabel as nib
+
+    header = nib.load(path).header
+    slope, inter = header.get_slope_inter()
+    unscaled = slope in (None, 1.0) and inter in (None, 0.0)
+    return np.issubdtype(header.get_data_dtype(), np.integer) and unscaled
+
+
+def label_dtype(labels: dict[str, int]):
+    """The integer type labels are stored in: uint8 up to 255 labels, uint16 beyond."""
+    return np.uint8 if max(labels.values(), default=0) <= 255 else np.uint16
 
 
 def check_label_against_image(label: Volume, image: Volume, labels: dict[str, int], tol_mm: float = 1e-2) -> None:
@@ -42,14 +57,17 @@ def remap_label_values(array: np.ndarray, label_info, app_labels: dict[str, int]
     """
     if isinstance(label_info, dict):
         entries = [{"name": k, "idx": v} for k, v in label_info.items()]
+    elif isinstance(label_info, list):
+        entries = label_info
     else:
-        entries = list(label_info)
+        raise MedSegInputError(f"label_info must be a list of {{\"name\": ..., \"idx\": ...}} or an object of "
+                               f"name: index, got {type(label_info).__name__}")
     out = np.zeros_like(array)
     seen_values = set()
     for entry in entries:
         try:
             name, value = str(entry["name"]), int(entry["idx"])
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise MedSegInputError(f"label_info entries need a name and an integer idx, got {entry!r}") from e
         if name not in app_labels:
             raise MedSegInputError(f"unknown label name {name!r}; this app's labels are {sorted(app_labels)}")
@@ -72,15 +90,33 @@ def nifti_suffix(filename: str) -> str:
     )
 
 
-def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int]) -> Volume:
+def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int], expect_shape=None,
+                        limits: GridLimits = LIMITS) -> Volume:
     """A submitted label file, its values mapped to the app's indices when ``label_info`` names them.
 
     Every datastore reads uploads through here, so they refuse the same things the same way;
     the caller still checks the result against its image (``check_label_against_image``).
+    With ``expect_shape`` (the image's), a header claiming another size is refused before
+    any data is read, so a label can never cost more memory than its image.
     """
     nifti_suffix(path)
-    label = read_volume(path, what="the uploaded label")
+    if expect_shape is not None:
+        _check_header_shape(path, tuple(expect_shape))
+    label = read_volume(path, what="the uploaded label", limits=limits)
     mapping = (label_info or {}).get("label_info")
     if mapping:
         label = Volume(remap_label_values(label.array, mapping, app_labels), label.affine, label.header)
     return label
+
+
+def _check_header_shape(path: str, expect: tuple[int, ...]) -> None:
+    import nibabel as nib
+
+    try:
+        shape = tuple(int(n) for n in nib.load(path).shape)
+    except Exception as e:  # nibabel raises many types for corrupt input
+        raise MedSegInputError(f"cannot read the uploaded label as a NIfTI image: {e}") from e
+    shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
+    if shape != expect:
+        raise MedSegInputError(f"label size {list(shape)} differs from the image size {list(expect)}; "
+                               "export the label on the image's grid")

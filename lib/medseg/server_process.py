@@ -83,7 +83,8 @@ class LabelServer(ChildProcess):
     what = "server"
 
     def __init__(self, app_dir: Path, studies: str | Path, conf: dict[str, str], log_dir: Path,
-                 timeout_s: float = 180, log_name: str | None = None):
+                 timeout_s: float = 180, log_name: str | None = None, env: dict[str, str] | None = None,
+                 headers: dict[str, str] | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = ["monailabel", "start_server", "--app", str(app_dir), "--studies", str(studies),
@@ -91,9 +92,12 @@ class LabelServer(ChildProcess):
         for key, value in conf.items():
             cmd += ["--conf", key, str(value)]
         # The monailabel launcher of this interpreter's environment, whatever PATH says.
-        env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+        env = dict(os.environ, **(env or {}),
+                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
         super().__init__(cmd, Path(log_dir) / (log_name or f"server-{self.port}.log"), env=env)
-        self.wait_ready(lambda: requests.get(f"{self.url}/info/", timeout=5).status_code == 200, timeout_s, poll_s=1)
+        # headers: what /info/ needs to answer (a token, when the server has authentication on).
+        self.wait_ready(lambda: requests.get(f"{self.url}/info/", headers=headers, timeout=5).status_code == 200,
+                        timeout_s, poll_s=1)
 
     def wait_for_task(self, kind: str, timeout_s: float = 900) -> dict:
         """The last background task of a kind (``train``, ``scoring``) once it has ended."""

@@ -40,10 +40,14 @@ from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
 from monailabel.interfaces.datastore import DefaultLabelTag
 
+from medseg import crashpoints, durable
 from medseg.datastore.versions import LabelVersionStore, file_sha256
 from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
-from medseg.imageio import Volume, is_dicom_file, read_volume, write_like
-from medseg.labels import check_label_against_image, nifti_suffix, read_uploaded_label
+from medseg.ids import image_id as checked_id
+from medseg.ids import RESERVED_IDS, RULE, is_valid_name
+from medseg.ids import label_tag as checked_tag
+from medseg.imageio import LIMITS, GridLimits, Volume, check_image_file, is_dicom_file, read_volume, write_like
+from medseg.labels import check_label_against_image, label_dtype, nifti_suffix, read_uploaded_label, stored_as_integers
 
 logger = logging.getLogger(__name__)
 
@@ -51,19 +55,16 @@ FINAL = DefaultLabelTag.FINAL.value
 ORIGINAL = DefaultLabelTag.ORIGINAL.value
 VERSIONS_DIR = "versions"  # <studies>/labels/versions/<image_id>/; not a label tag
 SERIES_EXT = ""  # a DICOM series image: its file name is the folder name, the image id
-# Limits on an uploaded series archive (a zip bomb must not fill the disk).
+# Limits on an uploaded series archive (a zip bomb must not fill the disk): files, and bytes
+# unpacked per voxel the grid limits allow (16-bit pixels plus headers, with room to spare).
 MAX_SERIES_FILES = 10000
-MAX_SERIES_BYTES = 8 * 1024**3
+SERIES_BYTES_PER_VOXEL = 3
+# Hidden folders an upload stages in; what a kill leaves of them goes at the next start.
+STAGING_PREFIXES = (".upload-", ".replaced-")
 
 
 class ImageIdConflictError(MedSegInputError):
     http_status = 409
-
-
-def _atomic_copy(src: str, dest: str) -> None:
-    tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.{os.getpid()}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
 
 
 def _is_series_folder(path: str) -> bool:
@@ -75,72 +76,188 @@ def _is_series_folder(path: str) -> bool:
     return any(is_dicom_file(os.path.join(path, n)) for n in names[:1] if os.path.isfile(os.path.join(path, n)))
 
 
-def _unpack_series_zip(archive: str, dest: str) -> None:
-    """Unpack every file of ``archive`` flat into ``dest`` (sub-folders dropped, so no path escapes dest)."""
+def _series_members(zf: zipfile.ZipFile, max_bytes: int) -> list[zipfile.ZipInfo]:
+    """The archive's files, checked from its directory before anything is unpacked."""
+    members = []
+    for member in zf.infolist():
+        base = os.path.basename(member.filename.replace("\\", "/"))
+        # Folders, and what archivers add beside the files (macOS resource forks, dot files).
+        if member.is_dir() or not base or base.startswith(".") or member.filename.startswith("__MACOSX/"):
+            continue
+        members.append(member)
+    if len(members) > MAX_SERIES_FILES:
+        raise MedSegInputError(f"the archive holds {len(members)} files, more than {MAX_SERIES_FILES}; upload one series")
+    declared = sum(m.file_size for m in members)
+    if declared > max_bytes:
+        raise MedSegInputError(f"the archive declares {declared:,} bytes unpacked; this server takes at most "
+                               f"{max_bytes:,} per series (--conf max_image_voxels)")
+    return members
+
+
+def _unpack_series_zip(archive: str, dest: str, max_bytes: int) -> None:
+    """Unpack every file of ``archive`` flat into ``dest`` (sub-folders dropped, so no path escapes dest).
+
+    The sizes in the archive's directory are checked first, and the bytes actually
+    inflated are counted too (a directory can lie); each file must start as DICOM
+    does, so a bomb of something else stops at its first member.
+    """
     if not zipfile.is_zipfile(archive):
         raise UnsupportedMediaError("the upload is not a valid .zip archive; zip the series' DICOM files")
-    total, count, used = 0, 0, set()
-    with zipfile.ZipFile(archive) as zf:
-        for member in zf.infolist():
-            base = os.path.basename(member.filename.replace("\\", "/"))
-            # Folders, and what archivers add beside the files (macOS resource forks, dot files).
-            if member.is_dir() or not base or base.startswith(".") or member.filename.startswith("__MACOSX/"):
-                continue
-            count += 1
-            if count > MAX_SERIES_FILES:
-                raise MedSegInputError(f"the archive holds more than {MAX_SERIES_FILES} files; upload one series")
-            name = base if base not in used else f"{count:05d}_{base}"
-            used.add(name)
-            with zf.open(member) as src, open(os.path.join(dest, name), "wb") as out:
-                while chunk := src.read(1 << 20):
-                    total += len(chunk)
-                    if total > MAX_SERIES_BYTES:
-                        raise MedSegInputError(f"the archive unpacks to more than {MAX_SERIES_BYTES >> 30} GiB")
-                    out.write(chunk)
+    total, used = 0, set()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            for count, member in enumerate(_series_members(zf, max_bytes), 1):
+                base = os.path.basename(member.filename.replace("\\", "/"))
+                name = base if base not in used else f"{count:05d}_{base}"
+                used.add(name)
+                path = os.path.join(dest, name)
+                with zf.open(member) as src, open(path, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        total += len(chunk)
+                        if total > max_bytes:
+                            raise MedSegInputError(f"the archive unpacks to more than {max_bytes:,} bytes")
+                        out.write(chunk)
+                if not is_dicom_file(path):
+                    raise MedSegInputError(f"{member.filename[:120]} is not a DICOM file (in the uploaded archive)")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as e:
+        raise MedSegInputError(f"cannot unpack the archive: {e}") from e
 
 
 class MedSegLocalDatastore(LocalDatastore):
-    def __init__(self, path: str, labels: dict[str, int], **kwargs):
+    def __init__(self, path: str, labels: dict[str, int], limits: GridLimits = LIMITS, **kwargs):
         self.labels = dict(labels)
+        self.limits = limits
         self._lock_held = threading.local()  # before super(): its __init__ already reads the index
         super().__init__(path, **kwargs)
         self.versions = LabelVersionStore(os.path.join(self._datastore.label_path(None), VERSIONS_DIR))
 
+    # ---------------------------------------------------------------- after a kill
+
+    def recover(self) -> dict[str, list[str]]:
+        """Finish or undo every save a kill interrupted, and remove what it left behind.
+
+        A final-label save writes an intent first (``versions.begin``) and removes it last.
+        An intent whose version the history lists was past its point of no return: the
+        current label and the index are brought to that version. One the history does
+        not list never got an answer: its partial version file goes, and the previous
+        label stays current. The server calls this once at start-up, before it answers
+        any request (task subprocesses, which open the datastore too, never do: an upload
+        stages its files outside the lock).
+        """
+        done: dict[str, list[str]] = {"finished": [], "undone": [], "removed": []}
+        with self._locked():
+            self._reload_if_changed()
+            for image_id in self.versions.image_ids():
+                intent = self.versions.pending(image_id)
+                if intent is None:
+                    continue
+                finished = self._finish_intent(image_id, intent)
+                done["finished" if finished else "undone"].append(image_id)
+                self.versions.finish(image_id)
+            done["removed"] = durable.remove_leftovers(self._datastore.image_path(), STAGING_PREFIXES)
+        for kind, items in done.items():
+            if items:
+                logger.warning("recovery after an unclean stop: %s %s", kind, items)
+        return done
+
+    def _finish_intent(self, image_id: str, intent: dict) -> bool:
+        version, ext = intent.get("version"), intent.get("ext", ".nii.gz")
+        obj = self._datastore.objects.get(image_id)
+        listed = next((e for e in self.versions.list(image_id) if e["version"] == version), None)
+        if obj is None or listed is None or listed.get("sha256") != intent.get("sha256"):
+            if isinstance(version, int):
+                self.versions.discard_unlisted(image_id, version, ext)
+            return False
+        dest = os.path.join(self._datastore.label_path(FINAL), self._filename(image_id, ext))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        if not os.path.isfile(dest) or file_sha256(dest) != listed["sha256"]:
+            durable.copy_atomic(self.versions.path(image_id, version), dest)
+        info = dict(intent.get("label_info") or {}, version=version, name=os.path.basename(dest))
+        obj.labels[FINAL] = DataModel(info=info, ext=ext)
+        self._update_datastore_file(lock=False)
+        return True
+
     # ---------------------------------------------------------------- images
 
     def add_image(self, image_id: str, image_filename: str, image_info: dict[str, Any]) -> str:
+        """Store an upload as image ``image_id``, checked first; 409 if the id is taken.
+
+        ``image_info["replace"]`` true replaces an existing image: the old one is kept in
+        the image's history folder and its labels are marked as drawn on it (and left out
+        of training until a label is submitted for the new image).
+        """
+        image_info = dict(image_info or {})
+        replace = bool(image_info.pop("replace", False))
         lower = os.path.basename(image_filename).lower()
         if lower.endswith(".zip"):
-            return self._add_series(image_id, image_filename, image_info)
+            return self._add_series(checked_id(image_id), image_filename, image_info, replace)
+        image_id = checked_id(image_id)
         if lower.endswith(".dcm") or is_dicom_file(image_filename):
             # One file: a single slice (refused as such), a multi-frame or a non-image object,
             # each with its own message from the series reader.
             from medseg.dicom.series import read_series
 
-            read_series([image_filename], what="the uploaded DICOM file")
-        nifti_suffix(image_filename)
-        read_volume(image_filename, what="the uploaded image")  # raises a 4xx for anything that is not a readable 3D volume
-        self._sync()  # the base class writes its in-memory index back; start from the file's
-        id_from_name, _ = self._to_id(os.path.basename(image_filename))
-        self._check_image_id_free(image_id or id_from_name, SERIES_EXT, "a DICOM series")
-        return super().add_image(image_id, image_filename, image_info)
+            read_series([image_filename], what="the uploaded DICOM file", limits=self.limits)
+        ext = nifti_suffix(image_filename)
+        shape = check_image_file(image_filename, "the uploaded image", self.limits)
+        name = self._filename(image_id, ext)
+        dest = os.path.join(self._datastore.image_path(), name)
+        with self._locked():
+            self._reload_if_changed()
+            self._check_image_id_free(image_id, SERIES_EXT, "a DICOM series")
+            previous = self._take_over(image_id, replace)
+            durable.copy_atomic(image_filename, dest)
+            info = {**image_info, **previous, "ts": int(time.time()), "name": name, "shape": list(shape)}
+            self._datastore.objects[image_id] = self._replacement(image_id, DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        logger.info("added image %s (%s)%s", image_id, "x".join(map(str, shape)), " replacing the previous" * bool(previous))
+        return image_id
 
-    def _add_series(self, image_id: str, archive: str, image_info: dict[str, Any]) -> str:
+    def _take_over(self, image_id: str, replace: bool) -> dict[str, Any]:
+        """Make room for a new image under ``image_id``; what its info records of the old one."""
+        obj = self._datastore.objects.get(image_id)
+        if obj is None:
+            return {}
+        if not replace:
+            raise ImageIdConflictError(f"image '{image_id}' exists already; upload under another id, or send "
+                                       "params {\"replace\": true} to replace it (its labels stay, marked as drawn "
+                                       "on the previous image)")
+        version = int(obj.image.info.get("image_version", 1))
+        folder = os.path.join(self.versions.root, image_id, "images")
+        os.makedirs(folder, exist_ok=True)
+        kept = os.path.join(folder, f"v{version}{obj.image.ext or ''}")
+        os.replace(self.get_image_uri(image_id), kept)
+        durable.fsync_dir(folder)
+        durable.fsync_dir(self._datastore.image_path())
+        history = list(obj.image.info.get("previous_images", []))
+        history.append({"image_version": version, "file": os.path.relpath(kept, self._datastore.image_path()),
+                        "ts": int(time.time())})
+        return {"image_version": version + 1, "previous_images": history}
+
+    def _replacement(self, image_id: str, image: DataModel) -> ImageLabelModel:
+        """The new image with the old one's labels, each marked as drawn on the old image."""
+        old = self._datastore.objects.get(image_id)
+        labels = dict(old.labels) if old else {}
+        previous = int(image.info.get("image_version", 1)) - 1
+        for label in labels.values():
+            label.info.setdefault("drawn_on_image_version", previous)
+            label.info["drawn_on_previous_image"] = True
+        return ImageLabelModel(image=image, labels=labels)
+
+    def _add_series(self, image_id: str, archive: str, image_info: dict[str, Any], replace: bool = False) -> str:
         """Store a zipped DICOM series as the folder ``<studies>/<image_id>/``, validated first."""
         from medseg.dicom.series import read_series
 
-        image_id = image_id or os.path.basename(archive)[: -len(".zip")]
-        self._check_series_id(image_id)
         images_dir = self._datastore.image_path()
         # Staged inside the studies folder (one filesystem, so the final rename is atomic) under
         # a hidden name, which the index reconcile and the file watcher both ignore.
         staging = tempfile.mkdtemp(prefix=f".upload-{image_id}-", dir=images_dir)
         try:
-            _unpack_series_zip(archive, staging)
-            volume = read_series(staging, what="the uploaded series")
+            _unpack_series_zip(archive, staging, self.limits.max_voxels * SERIES_BYTES_PER_VOXEL)
+            volume = read_series(staging, what="the uploaded series", limits=self.limits)
             first = volume.dicom[0]
             info = {
-                **(image_info or {}),
+                **image_info,
                 "format": "dicom",
                 "modality": volume.modality,
                 "series_instance_uid": str(first.get("SeriesInstanceUID", "")),
@@ -148,31 +265,24 @@ class MedSegLocalDatastore(LocalDatastore):
                 "n_slices": volume.shape[2],
             }
             dest = os.path.join(images_dir, image_id)
+            for path in os.listdir(staging):  # durable before the rename makes the series visible
+                with open(os.path.join(staging, path), "rb+") as f:
+                    os.fsync(f.fileno())
+            durable.fsync_dir(staging)
             with self._locked():
                 self._reload_if_changed()
                 self._check_image_id_free(image_id, None, "a NIfTI image")
-                replaced = None
-                if os.path.isdir(dest):  # a new upload of the same id replaces the series, as for NIfTI
-                    replaced = tempfile.mkdtemp(prefix=f".replaced-{image_id}-", dir=images_dir)
-                    os.replace(dest, os.path.join(replaced, "series"))
+                info.update(self._take_over(image_id, replace))
                 os.replace(staging, dest)
+                durable.fsync_dir(images_dir)
                 info["ts"] = int(time.time())
                 info["name"] = image_id
-                self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=SERIES_EXT))
+                self._datastore.objects[image_id] = self._replacement(image_id, DataModel(info=info, ext=SERIES_EXT))
                 self._update_datastore_file(lock=False)
-            if replaced:
-                shutil.rmtree(replaced, ignore_errors=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful rename
         logger.info("added DICOM series %s (%s, %d slices)", image_id, info["modality"], info["n_slices"])
         return image_id
-
-    def _check_series_id(self, image_id: str) -> None:
-        labels_dir = os.path.basename(os.path.normpath(self._datastore.label_path(None)))
-        if (not image_id or image_id.startswith(".") or "/" in image_id or os.sep in image_id
-                or image_id == labels_dir):
-            raise MedSegInputError(f"{image_id!r} cannot name a series folder; pick an image id without '/', "
-                                   f"not starting with '.' and other than '{labels_dir}'")
 
     def _check_image_id_free(self, image_id: str, other_ext: str | None, other_kind: str) -> None:
         """Refuse an id held by an image of the other kind (NIfTI vs series); same kind replaces."""
@@ -184,8 +294,15 @@ class MedSegLocalDatastore(LocalDatastore):
                                        "pick another id (?image=...) or remove that image first")
 
     def _add_non_existing_images(self) -> int:
-        """NIfTI files (the base class), then series folders found in the studies folder."""
+        """NIfTI files (the base class), then series folders found in the studies folder.
+
+        A file whose name is no valid image id (``medseg.ids``) is left out, with a warning
+        that says how to rename it: such a name cannot be used safely as an id.
+        """
         invalidate = super()._add_non_existing_images()
+        for image_id in [i for i in self._datastore.objects if not is_valid_name(i) or i in RESERVED_IDS]:
+            obj = self._datastore.objects.pop(image_id)
+            self._warn_skipped(obj.image.info.get("name") or image_id)
         images_dir = self._datastore.image_path()
         skip = {os.path.realpath(self._datastore.label_path(None))}
         for name in sorted(os.listdir(images_dir)):
@@ -196,13 +313,84 @@ class MedSegLocalDatastore(LocalDatastore):
                 continue  # listed already (or a NIfTI image holds the id: uploads refuse such pairs)
             if not _is_series_folder(path):
                 continue
+            if not is_valid_name(name) or name in RESERVED_IDS:
+                self._warn_skipped(name)
+                continue
             logger.info("Adding new DICOM series: %s", name)
             info = {"ts": int(time.time()), "name": name, "format": "dicom"}
             self._datastore.objects[name] = ImageLabelModel(image=DataModel(info=info, ext=SERIES_EXT))
             invalidate += 1
         return invalidate
 
+    def _warn_skipped(self, name: str) -> None:
+        if name not in self._skipped_names:
+            self._skipped_names.add(name)
+            logger.warning("not serving %r from the studies folder: its name is not a valid image id (%s); "
+                           "rename it", name, RULE)
+
+    @property
+    def _skipped_names(self) -> set:
+        if not hasattr(self, "_skipped"):
+            self._skipped = set()
+        return self._skipped
+
+    # Every read by id or tag checks it first (medseg.ids): MONAI Label's routes, tasks and
+    # scoring all come through these, so no id or tag reaches a path unchecked.
+    def get_image_uri(self, image_id: str) -> str:
+        return super().get_image_uri(checked_id(image_id))
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        return super().get_label_uri(checked_id(label_id), checked_tag(label_tag))
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict[str, Any]:
+        self._sync()
+        return super().get_label_info(checked_id(label_id), checked_tag(label_tag))
+
+    def get_labels_by_image_id(self, image_id: str) -> dict[str, str]:
+        return super().get_labels_by_image_id(checked_id(image_id))
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove the image, its labels and its label history (an admin's explicit request)."""
+        image_id = checked_id(image_id)
+        with self._locked():
+            self._reload_if_changed()
+            obj = self._object(image_id)
+            for tag in list(obj.labels):
+                durable.remove_durably(self.get_label_uri(image_id, tag))
+            uri = self.get_image_uri(image_id)
+            if os.path.isdir(uri):
+                shutil.rmtree(uri)
+            else:
+                durable.remove_durably(uri)
+            shutil.rmtree(os.path.join(self.versions.root, image_id), ignore_errors=True)
+            del self._datastore.objects[image_id]
+            self._update_datastore_file(lock=False)
+        logger.info("removed image %s, its labels and their history", image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        label_id, label_tag = checked_id(label_id), checked_tag(label_tag)
+        with self._locked():
+            self._reload_if_changed()
+            obj = self._object(label_id)
+            if label_tag not in obj.labels:
+                raise UnknownImageError(f"image '{label_id}' has no '{label_tag}' label")
+            durable.remove_durably(self.get_label_uri(label_id, label_tag))
+            del obj.labels[label_tag]
+            self._update_datastore_file(lock=False)
+
+    def datalist(self, full_path=True) -> list[dict[str, Any]]:
+        """Image and final label pairs for training; labels drawn on a replaced image are left out."""
+        pairs = super().datalist(full_path)
+        stale = {i for i, obj in self._datastore.objects.items()
+                 if FINAL in obj.labels and obj.labels[FINAL].info.get("drawn_on_previous_image")}
+        keep = [p for p in pairs if self._to_id(os.path.basename(p["image"]))[0] not in stale]
+        if len(keep) < len(pairs):
+            logger.warning("training leaves out %d final labels drawn on a replaced image: %s", len(pairs) - len(keep),
+                           sorted(stale))
+        return keep
+
     def get_image_info(self, image_id: str) -> dict[str, Any]:
+        image_id = checked_id(image_id)
         self._sync()
         info = super().get_image_info(image_id)
         if image_id in self._datastore.objects:
@@ -210,6 +398,7 @@ class MedSegLocalDatastore(LocalDatastore):
         return info
 
     def update_image_info(self, image_id: str, info: dict[str, Any]) -> None:
+        image_id = checked_id(image_id)
         with self._locked():
             self._reload_if_changed()
             self._object(image_id).image.info.update(info)
@@ -218,24 +407,31 @@ class MedSegLocalDatastore(LocalDatastore):
     # ---------------------------------------------------------------- labels
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict[str, Any]) -> str:
+        image_id, label_tag = checked_id(image_id), checked_tag(label_tag)
+        if label_info is not None and not isinstance(label_info, dict):
+            raise MedSegInputError("label params must be a JSON object")
         self._sync()
         self._object(image_id, "upload it before its label")
-        if label_tag == VERSIONS_DIR:
-            raise MedSegInputError(f"'{VERSIONS_DIR}' is reserved for the label history; use another tag")
         label_ext = nifti_suffix(label_filename)
         label_info = dict(label_info or {})
-        label = read_uploaded_label(label_filename, label_info, self.labels)
-        mapping = label_info.get("label_info")
-        self._check(image_id, label)
+        image = self._image_volume(image_id)
+        # The header first: a label off the image's grid is refused before its data is read.
+        label = read_uploaded_label(label_filename, label_info, self.labels, expect_shape=image.shape,
+                                    limits=self.limits)
+        check_label_against_image(label, image, self.labels)
 
-        # The bytes to store: the upload as sent, or the remapped label. Staged outside the
-        # studies folder (the commit copies them in), so the file watcher never sees them.
+        # Stored as sent when it holds plain integers (what Slicer sends, byte for byte); rewritten
+        # as integers on the label's own header when it does not (float64 labels are common from
+        # scripts) or when label_info remapped its values. Staged outside the studies folder (the
+        # commit copies it in), so the file watcher never sees it.
         with tempfile.TemporaryDirectory(prefix="medseg-label-") as tmp:
             staged = label_filename
-            if mapping:
+            if label_info.get("label_info") or not stored_as_integers(label_filename):
                 staged = os.path.join(tmp, f"label{label_ext}")
-                write_like(staged, label.array.astype(np.uint8), label, dtype=np.uint8)
-            self._commit_label(image_id, label_tag, staged, label_ext, label_info, {"source": "upload"})
+                dtype = label_dtype(self.labels)
+                write_like(staged, label.array.astype(dtype), label, dtype=dtype)
+            source = label_info.pop("source", "upload")  # infer's save_label says "infer" (MedSegApp.infer)
+            self._commit_label(image_id, label_tag, staged, label_ext, label_info, {"source": source})
         return image_id
 
     def label_versions(self, image_id: str) -> list[dict[str, Any]]:
@@ -270,13 +466,18 @@ class MedSegLocalDatastore(LocalDatastore):
         return obj
 
     def _check(self, image_id: str, label: Volume) -> None:
-        check_label_against_image(label, read_volume(self.get_image_uri(image_id)), self.labels)
+        check_label_against_image(label, self._image_volume(image_id), self.labels)
+
+    def _image_volume(self, image_id: str) -> Volume:
+        return read_volume(self.get_image_uri(image_id), limits=self.limits)
 
     def _commit_label(self, image_id, tag, src, ext, label_info, version_meta) -> dict[str, Any]:
         """Store ``src`` (already validated) as the image's ``tag`` label; for ``final`` also as a new version.
 
-        Order: version file and its index entry first, then the label file, then the
-        datastore index; a crash at any point leaves every earlier version on disk.
+        A final label touches four files: the version, the history, the current label and
+        the datastore index. An intent naming the version is written before them and
+        removed after them, every one durably, so a kill at any point is finished or
+        undone at the next start (``recover``); the answer goes out only after all of it.
         """
         name = self._filename(image_id, ext)
         dest = os.path.join(self._datastore.label_path(tag), name)
@@ -284,16 +485,26 @@ class MedSegLocalDatastore(LocalDatastore):
         with self._locked():
             self._reload_if_changed()
             obj = self._object(image_id)  # re-read: the index may have been reloaded
-            label_info = dict(label_info)
+            label_info = dict(label_info, image_version=int(obj.image.info.get("image_version", 1)))
             if tag == FINAL:
                 self._archive_untracked_final(image_id, obj)
+                version = self.versions.next_version(image_id)
+                label_info.update(version=version, ts=int(time.time()), name=name)
+                self.versions.begin(image_id, {"version": version, "ext": ext, "sha256": file_sha256(src),
+                                               "label_info": label_info})
+                crashpoints.reached("label.intent_written")
                 entry = self.versions.add(image_id, src, ext, self._version_meta(obj, label_info, version_meta))
-                label_info["version"] = entry["version"]
-            _atomic_copy(src, dest)
+                assert entry["version"] == version
+                crashpoints.reached("label.version_listed")
+            durable.copy_atomic(src, dest)
+            crashpoints.reached("label.current_file_written")
             label_info["ts"] = int(time.time())
             label_info["name"] = name
             obj.labels[tag] = DataModel(info=label_info, ext=ext)
             self._update_datastore_file(lock=False)
+            if tag == FINAL:
+                crashpoints.reached("label.index_written")
+                self.versions.finish(image_id)
         logger.info("saved label %s for %s (%s, %s)", tag, image_id, name, version_meta.get("source"))
         return {"image": image_id, "label": image_id, "tag": tag, "version": label_info.get("version"), **version_meta}
 
@@ -401,6 +612,7 @@ class MedSegLocalDatastore(LocalDatastore):
         return super().status()
 
     def update_label_info(self, label_id: str, label_tag: str, info: dict[str, Any]) -> None:
+        label_id, label_tag = checked_id(label_id), checked_tag(label_tag)
         with self._locked():
             self._reload_if_changed()
             label = self._datastore.label(label_id, label_tag)
@@ -412,12 +624,8 @@ class MedSegLocalDatastore(LocalDatastore):
     def _update_datastore_file(self, lock=True):
         def write():
             self._ignore_event_config = True
-            tmp = f"{self._datastore_config_path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                f.write(json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._datastore_config_path)
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            durable.write_bytes_atomic(self._datastore_config_path, text.encode())
             st = os.stat(self._datastore_config_path)
             self._config_ts = st.st_mtime
             self._index_sig = self._signature(st)

@@ -12,20 +12,28 @@ version held yet) and which model produced the image's ``original`` label at the
 The store keeps every version including the current one: a crash between writing
 a version and replacing the current label then loses nothing. It does no locking of
 its own; the datastore calls it while holding its lock.
+
+A save that spans several files (version, history, current label, datastore index)
+first writes an intent, ``<root>/<image_id>/pending.json``, and removes it last; after
+a kill, the datastore finds the intent at start-up and finishes or undoes that save
+(``medseg.datastore.local``), so the current label, its info and the history agree.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import time
 from datetime import datetime, timezone
 from typing import Any
 
+from medseg import crashpoints, durable
 from medseg.errors import MedSegInputError
+from medseg.ids import image_id as checked_image_id
+from medseg.ids import is_valid_name
 
 INDEX = "index.json"
+PENDING = "pending.json"
 
 
 class UnknownVersionError(MedSegInputError):
@@ -40,28 +48,49 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: str, write) -> None:
-    """Write through a temporary file in the same folder, then rename it over ``path``."""
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 class LabelVersionStore:
     def __init__(self, root: str):
         self.root = root
 
     def _folder(self, image_id: str) -> str:
-        if not image_id or os.sep in image_id or image_id in (".", ".."):
-            raise MedSegInputError(f"invalid image id {image_id!r}")
-        return os.path.join(self.root, image_id)
+        return os.path.join(self.root, checked_image_id(image_id))
+
+    def image_ids(self) -> list[str]:
+        """Images that have a history folder (any valid id; other names are not ours)."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return []
+        return [n for n in names if os.path.isdir(os.path.join(self.root, n)) and is_valid_name(n)]
+
+    # ---------------------------------------------------------------- intents of multi-file saves
+
+    def begin(self, image_id: str, intent: dict[str, Any]) -> None:
+        folder = self._folder(image_id)
+        os.makedirs(folder, exist_ok=True)
+        durable.write_bytes_atomic(os.path.join(folder, PENDING), json.dumps(intent, default=str).encode())
+
+    def pending(self, image_id: str) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self._folder(image_id), PENDING)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # written atomically, so unreadable means hand-edited: nothing to finish
+
+    def finish(self, image_id: str) -> None:
+        durable.remove_durably(os.path.join(self._folder(image_id), PENDING))
+
+    def discard_unlisted(self, image_id: str, version: int, ext: str) -> bool:
+        """Remove version ``version``'s file when the history does not list it (a save killed midway)."""
+        if any(e["version"] == version for e in self.list(image_id)):
+            return False
+        path = os.path.join(self._folder(image_id), f"v{int(version)}{ext}")
+        if os.path.exists(path):
+            durable.remove_durably(path)
+            return True
+        return False
 
     def list(self, image_id: str) -> list[dict[str, Any]]:
         """All versions of the image's label, oldest first (empty when it has none)."""
@@ -85,6 +114,10 @@ class LabelVersionStore:
     def path(self, image_id: str, version: int) -> str:
         return os.path.join(self._folder(image_id), self.get(image_id, version)["file"])
 
+    def next_version(self, image_id: str) -> int:
+        versions = self.list(image_id)
+        return versions[-1]["version"] + 1 if versions else 1
+
     def add(self, image_id: str, src: str, ext: str, meta: dict[str, Any]) -> dict[str, Any]:
         """Store a copy of ``src`` as the next version; ``meta`` goes into its index entry.
 
@@ -96,8 +129,8 @@ class LabelVersionStore:
         versions = self.list(image_id)
         number = versions[-1]["version"] + 1 if versions else 1
         name = f"v{number}{ext}"
-        with open(src, "rb") as source:
-            _write_atomic(os.path.join(folder, name), lambda f: shutil.copyfileobj(source, f))
+        durable.copy_atomic(src, os.path.join(folder, name))
+        crashpoints.reached("label.version_file_written")
         now = time.time()
         entry = {
             "version": number,
@@ -108,5 +141,5 @@ class LabelVersionStore:
             **meta,
         }
         index = {"image": image_id, "versions": versions + [entry]}
-        _write_atomic(os.path.join(folder, INDEX), lambda f: f.write(json.dumps(index, indent=2, default=str).encode()))
+        durable.write_bytes_atomic(os.path.join(folder, INDEX), json.dumps(index, indent=2, default=str).encode())
         return entry

@@ -1,5 +1,8 @@
 """``POST /infer/<model>?output=dicom_seg``: the prediction as a DICOM SEG over the image's series.
 
+(The route is ``medseg.guarded_routes.post_infer``; this module checks such a request and
+writes its answer.)
+
 MONAI Label's own ``dicom_seg`` output (``monailabel/endpoints/infer.py``) answers
 500 for any datastore but its DICOMweb one, needs a ``label_info`` parameter, and
 converts with dcmqi's ``itkimage2segimage`` binary, which MONAI Label downloads
@@ -11,19 +14,13 @@ output goes to MONAI Label's handler unchanged.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
-from typing import Optional
 
 import numpy as np
-from fastapi import APIRouter, BackgroundTasks, Depends, File, Form, UploadFile
+from fastapi import BackgroundTasks
 from fastapi.responses import FileResponse
-from monailabel.config import settings
-from monailabel.endpoints.infer import ResultType, run_inference
-from monailabel.endpoints.user.auth import RBAC, User
-from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedSegInputError, UnknownImageError
@@ -31,8 +28,6 @@ from medseg.imageio import is_dicom_file, read_volume, same_grid
 from medseg.tasks.infer import _flag
 
 logger = logging.getLogger(__name__)
-
-router = APIRouter(prefix="/infer", tags=["Infer"])
 
 # Outputs that are float maps, not label maps: a SEG of them would be wrong.
 FLOAT_OUTPUT_PARAMS = ("probabilities", "uncertainty")
@@ -51,35 +46,20 @@ def dicom_source_path(instance, image: str) -> str:
     return uri
 
 
-@router.post("/{model}", summary="Run inference (output=dicom_seg answered by MedSeg's own SEG writer)")
-async def infer_with_dicom_seg(
-    background_tasks: BackgroundTasks,
-    model: str,
-    image: str = "",
-    session_id: str = "",
-    params: str = Form("{}"),
-    file: UploadFile = File(None),
-    label: UploadFile = File(None),
-    output: Optional[ResultType] = None,
-    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
-):
-    if output != ResultType.dicom_seg:
-        return run_inference(background_tasks, model, image, session_id, params, file, label, output)
-
-    instance = app_instance()
-    try:
-        request_params = json.loads(params) if params else {}
-    except json.JSONDecodeError as e:
-        raise MedSegInputError(f"params is not valid JSON: {e}") from e
+def check_request(instance, request: dict, file) -> None:
+    """Refuse a dicom_seg request that cannot give a SEG, before any inference."""
     if file is not None:
         raise MedSegInputError("output=dicom_seg needs an image of the datastore (?image=<id>), not an uploaded file")
-    if any(_flag(request_params.get(k, False)) for k in FLOAT_OUTPUT_PARAMS):
+    if any(_flag(request.get(k, False)) for k in FLOAT_OUTPUT_PARAMS):
         raise MedSegInputError("a DICOM SEG holds label maps; drop probabilities/uncertainty or use output=image")
-    source_path = dicom_source_path(instance, image)
+    dicom_source_path(instance, request.get("image"))
 
-    answer = run_inference(background_tasks, model, image, session_id, params, None, label, ResultType.image)
-    prediction = read_volume(answer.path, what="the prediction")
-    source = read_volume(source_path)
+
+def seg_response(instance, background_tasks: BackgroundTasks, model: str, image: str, result: dict):
+    """The prediction in ``result`` as a DICOM SEG over image ``image``'s series."""
+    prediction = read_volume(result["file"], what="the prediction")
+    background_tasks.add_task(remove_file, result["file"])
+    source = read_volume(dicom_source_path(instance, image))
     if not same_grid(prediction, source):
         raise RuntimeError(f"the prediction of {model} is not on the grid of image {image}")
     labels = _app_labels(instance)
@@ -99,10 +79,3 @@ def _app_labels(instance) -> dict[str, int]:
     if cfg is not None and getattr(cfg, "labels", None):
         return dict(cfg.labels)
     return {str(k): int(v) for k, v in (instance.info().get("labels") or {}).items()}
-
-
-def install() -> bool:
-    """Put this route ahead of MONAI Label's ``POST /infer/{model}``; False outside the server."""
-    from medseg.server_routes import include_ahead
-
-    return include_ahead(router)

@@ -33,7 +33,7 @@ from typing import Iterable
 import numpy as np
 
 from medseg.errors import MedSegInputError
-from medseg.imageio import Volume
+from medseg.imageio import LIMITS, GridLimits, Volume
 
 # Single-frame image storage SOP classes whose IODs carry the Image Plane Module
 # (PS3.4 B.5; PS3.3 A.3 CT, A.4 MR, A.21 PET). Only these make a volume slice by slice.
@@ -135,7 +135,7 @@ def _label(ds, path: Path) -> str:
 
 
 def read_series(path: str | os.PathLike | Iterable[str | os.PathLike], dtype=np.float32,
-                what: str | None = None) -> Volume:
+                what: str | None = None, limits: GridLimits = LIMITS) -> Volume:
     """Read one series (a folder of its files, or a list of file paths) into a Volume.
 
     The array is (column i, row j, slice k) with RescaleSlope/RescaleIntercept
@@ -210,6 +210,7 @@ def read_series(path: str | os.PathLike | Iterable[str | os.PathLike], dtype=np.
     affine_lps[:3, 1] = col_cos * pixel_spacing[0]  # j = row index, moves along the column direction
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = positions[0]
+    limits.check((cols, rows, n), affine_lps, what)  # before the pixels are decoded
 
     array = np.empty((cols, rows, n), dtype=dtype)
     for k, (ds, f) in enumerate(zip(datasets, files)):

@@ -35,6 +35,26 @@ from medseg.pipeline.preprocess import PreprocessedCase, preprocess
 logger = logging.getLogger(__name__)
 
 
+OPTIMIZERS = ("sgd", "adamw")
+# The range each numeric training option may take (inclusive).
+OPTION_BOUNDS = {
+    "max_iterations": (1, 100_000),
+    "max_epochs": (0, 10_000),
+    "batch_size": (0, 256),  # 0: the plan's
+    "learning_rate": (1e-7, 1.0),
+    "momentum": (0.0, 0.999),
+    "weight_decay": (0.0, 1.0),
+    "poly_exponent": (0.1, 10.0),
+    "foreground_fraction": (0.0, 1.0),
+    "val_fraction": (0.0, 0.5),
+    "val_max_cases": (1, 1000),
+    "seed": (0, 2**31 - 1),
+    "log_every": (1, 100_000),
+    "val_every": (-1, 100_000),
+    "world_size": (0, 64),
+}
+
+
 @dataclass
 class TrainConfig:
     max_iterations: int = 250
@@ -58,30 +78,43 @@ class TrainConfig:
     multi_gpu: bool = False
     world_size: int = 0
 
+    max_epochs: int = 0  # MONAI Label's option: passes over the training cases; 0 = use max_iterations
+
     @classmethod
     def from_request(cls, request: dict, defaults: "TrainConfig | None" = None) -> "TrainConfig":
-        """Typed values from a REST request; unknown keys are ignored, bad values rejected."""
+        """Typed, bounded values from a REST request; other keys are the caller's to check.
+
+        Every option has a range (``OPTION_BOUNDS``), so a request that could never finish
+        (10^12 iterations) or never start (batch size 0 with no plan to fall back on) is
+        refused with a 422 before a training process starts.
+        """
+        from medseg.request_options import choice, flag, number
+
         base = asdict(defaults or cls())
         for f in fields(cls):
-            if f.name in request and request[f.name] is not None:
-                raw = request[f.name]
-                try:
-                    if f.type in ("bool", bool):
-                        base[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
-                    else:
-                        base[f.name] = {"int": int, "float": float, "str": str}[str(f.type)](raw)
-                except (TypeError, ValueError) as e:
-                    raise MedSegInputError(f"training option {f.name}={raw!r} is not a valid {f.type}") from e
-        cfg = cls(**base)
-        if cfg.max_iterations < 1:
-            raise MedSegInputError("max_iterations must be at least 1")
-        if cfg.learning_rate <= 0:
-            raise MedSegInputError("learning_rate must be positive")
-        if cfg.optimizer not in ("sgd", "adamw"):
-            raise MedSegInputError(f"optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-        if cfg.world_size < 0:
-            raise MedSegInputError("world_size must be 0 (every visible GPU) or a number of processes")
-        return cfg
+            raw = request.get(f.name)
+            if raw is None:
+                continue
+            if f.type in ("bool", bool):
+                base[f.name] = flag(f.name, raw)
+            elif f.name == "optimizer":
+                base[f.name] = choice(f.name, raw, OPTIMIZERS)
+            elif f.name == "device":
+                base[f.name] = str(raw)
+            else:
+                kind = int if f.type in ("int", int) else float
+                base[f.name] = number(f.name, raw, kind, *OPTION_BOUNDS[f.name])
+        if request.get("max_epochs") is not None and request.get("max_iterations") is not None:
+            raise MedSegInputError("give max_iterations or max_epochs, not both")
+        return cls(**base)
+
+    def iterations_for(self, n_train_cases: int, plan_batch_size: int) -> int:
+        """max_iterations, or the iterations that make max_epochs passes over the training cases."""
+        if not self.max_epochs:
+            return self.max_iterations
+        per_iteration = max(1, self.batch_size or plan_batch_size)
+        needed = math.ceil(self.max_epochs * max(1, n_train_cases) / per_iteration)
+        return int(min(max(1, needed), OPTION_BOUNDS["max_iterations"][1]))
 
     def processes(self) -> int:
         """How many data-parallel processes to start (1: train in this process)."""

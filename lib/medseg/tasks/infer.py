@@ -26,6 +26,19 @@ def _flag(value) -> bool:
     return value if isinstance(value, bool) else str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+class UploadedImage(str):
+    """The path of an image file that came with an infer request (MedSeg's infer route wrote it).
+
+    A plain string naming a path is refused by ``MedSegApp.infer``: a client could name any
+    file on the server. JSON cannot make an instance of this class, so only the route can.
+    """
+
+
+def device_name(configured: str) -> str:
+    """Where models run: the configured device, ``auto`` resolved."""
+    return str(pick_device(configured))
+
+
 class VolumeInferTask(InferTask):
     """Shared REST side of every infer task: read the image, predict, write on its grid."""
 

@@ -66,6 +66,41 @@ def _flag(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+# Keys of a train request besides TrainConfig's: this task's own, and what MONAI Label's clients send.
+TASK_OPTIONS = ("publish", "replan", "model_selection")
+CLIENT_KEYS = ("model", "client_id", "name", "description")
+
+
+def check_train_request(params: dict) -> dict:
+    """A training request's options, checked before the training process starts (422 otherwise)."""
+    from dataclasses import fields
+
+    from medseg.request_options import choice, flag, text
+
+    known = {f.name for f in fields(TrainConfig)} | set(TASK_OPTIONS) | set(CLIENT_KEYS)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise MedSegInputError(f"unknown training option(s) {unknown}; options: {', '.join(sorted(known))}")
+    config = TrainConfig.from_request(params)
+    if config.multi_gpu:
+        import torch
+
+        most = max(os.cpu_count() or 1, torch.cuda.device_count())
+        if config.world_size > most:
+            raise MedSegInputError(f"world_size {config.world_size} is more processes than this machine has "
+                                   f"devices or cores ({most})")
+    out = dict(params)
+    if "publish" in params:
+        out["publish"] = choice("publish", params["publish"], PUBLISH_POLICIES)
+    for key in ("replan", "model_selection"):
+        if key in params:
+            out[key] = flag(key, params[key])
+    for key in CLIENT_KEYS:
+        if key in params:
+            out[key] = text(key, params[key])
+    return out
+
+
 class TrainProgress:
     """Progress of one run in a JSON file that ``GET /train/`` reads (via ``stats()``).
 
@@ -121,6 +156,18 @@ class MedSegTrainTask(TrainTask):
             # Killed (DELETE /train/, or the server stopped) before it could say so.
             state["status"] = "STOPPED"
         return state
+
+    def mark_stopped(self) -> bool:
+        """After ``DELETE /train/``: a run the progress file still calls RUNNING is STOPPED."""
+        try:
+            state = json.loads(self.progress_path.read_text())
+        except (OSError, ValueError):
+            return False
+        if state.get("status") != "RUNNING":
+            return False
+        TrainProgress(self.progress_path, {**state, "status": "STOPPED",
+                                            "stopped_at": time.strftime("%Y-%m-%dT%H:%M:%S")}).write()
+        return True
 
     def update_model_selection(self, val_pairs: list[dict], device: str) -> None:
         """Score every model with weights, and their ensemble, on this datastore's validation split."""
@@ -193,6 +240,10 @@ class MedSegTrainTask(TrainTask):
         plan, parent, fingerprints = self.choose_plan(parent, datalist, force_replan=_flag(request.get("replan", False)))
         train_idx, val_idx = persistent_split(names, self.work_dir / "split.json", config.val_fraction,
                                               config.val_max_cases, config.seed)
+        if config.max_epochs:
+            config.max_iterations = config.iterations_for(len(train_idx), plan.batch_size)
+            logger.info("%s: %d epochs over %d cases = %d iterations", self.spec.name, config.max_epochs,
+                        len(train_idx), config.max_iterations)
         progress = TrainProgress(self.progress_path, {
             "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "pid": os.getpid(),
