@@ -9,8 +9,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from pathlib import Path
+
+from medseg import durable
 
 
 def read_json(path: Path, default=None):
@@ -24,9 +25,7 @@ def read_json(path: Path, default=None):
 def write_json(path: Path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    durable.write_bytes_atomic(path, json.dumps(data, indent=1, sort_keys=True).encode())
 
 
 @contextlib.contextmanager

@@ -55,6 +55,8 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 
 from medseg.activelearning.jsonstore import locked, read_json, write_json
 from medseg.errors import MedSegInputError, UnknownImageError
+from medseg.ids import image_id as checked_id
+from medseg.ids import label_tag as checked_tag
 from medseg.imageio import Volume, read_volume, write_like
 from medseg.labels import check_label_against_image, read_uploaded_label
 
@@ -86,8 +88,8 @@ class NotInThisDatastoreError(MedSegInputError):
 
 
 def _tag_name(label_tag) -> str:
-    """A label tag as plain text: MONAI Label passes DefaultLabelTag members (str enums) as well as str."""
-    return str(getattr(label_tag, "value", label_tag) or FINAL)
+    """A label tag as plain text, checked (``medseg.ids``): MONAI Label passes DefaultLabelTag members too."""
+    return checked_tag(getattr(label_tag, "value", label_tag) or FINAL)
 
 
 def _tag(keyword: str) -> str:
@@ -295,6 +297,7 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
         return ""
 
     def _image(self, image_id: str) -> ImageSeries:
+        checked_id(image_id)
         entry = self.snapshot().images.get(image_id) or self.snapshot(fresh=True).images.get(image_id)
         if entry is None:
             raise UnknownImageError(f"image '{image_id}' is not a {'/'.join(self.modalities)} series in the PACS "
@@ -516,7 +519,7 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
             raise PacsError(f"the PACS at {self._client.base_url} refused the SEG (failure reasons {reasons})")
 
     def _local_label_path(self, image_id: str, tag: str) -> Path:
-        return self.cache / "labels" / tag / f"{image_id}.nii.gz"
+        return self.cache / "labels" / checked_tag(tag) / f"{checked_id(image_id)}.nii.gz"
 
     def _store_local_label(self, image_id: str, tag: str, array: np.ndarray, source: Volume,
                            label_info: dict[str, Any]) -> None:
