@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException
 from fastapi.responses import FileResponse
-from monailabel.config import RBAC_ANNOTATOR, RBAC_USER, settings
+from monailabel.config import RBAC_ADMIN, RBAC_USER, settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
@@ -49,12 +49,12 @@ def download_version(image: str, version: int, user: User = Depends(RBAC(setting
 
 
 @router.post("/{image}/versions/{version}/restore",
-             summary=f"{RBAC_ANNOTATOR}Make a version the final label again (stored as a new version)")
+             summary=f"{RBAC_ADMIN}Make a version the final label again (stored as a new version)")
 def restore_version(
     image: str,
     version: int,
     params: dict[str, Any] | None = Body(None),
-    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
 ):
     # Like PUT /datastore/label, the client names itself in the body (MONAI Label's client sends client_id).
     client_id = (params or {}).get("client_id")
