@@ -86,3 +86,21 @@ def test_float64_label_is_stored_as_integers(tmp_path):
     stored = nib.load(store.get_label_uri("img", "final"))
     assert stored.get_data_dtype() == np.uint8
     assert np.array_equal(np.asarray(stored.dataobj), label.astype(np.uint8))
+
+
+def test_replace_is_a_checked_flag(tmp_path):
+    from medseg.datastore.local import ImageIdConflictError
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    image = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.eye(4)), tmp_path / "up.nii.gz")
+    store = MedSegLocalDatastore(str(studies), labels={"a": 1}, extensions=["*.nii.gz"], auto_reload=False)
+    store.add_image("img", str(tmp_path / "up.nii.gz"), {})
+    with pytest.raises(ImageIdConflictError):
+        store.add_image("img", str(tmp_path / "up.nii.gz"), {"replace": "false"})
+    with pytest.raises(MedSegInputError, match="replace"):
+        store.add_image("img", str(tmp_path / "up.nii.gz"), {"replace": "perhaps"})
+    store.add_image("img", str(tmp_path / "up.nii.gz"), {"replace": True})
+    assert store.get_image_info("img")["image_version"] == 2
+    assert (studies / "labels" / "versions" / "img" / "images" / "v1.nii.gz").exists()

@@ -43,11 +43,12 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from medseg import crashpoints, durable
 from medseg.datastore.versions import LabelVersionStore, file_sha256
 from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaError
-from medseg.ids import image_id as checked_id
 from medseg.ids import RESERVED_IDS, RULE, is_valid_name
+from medseg.ids import image_id as checked_id
 from medseg.ids import label_tag as checked_tag
 from medseg.imageio import LIMITS, GridLimits, Volume, check_image_file, is_dicom_file, read_volume, write_like
 from medseg.labels import check_label_against_image, label_dtype, nifti_suffix, read_uploaded_label, stored_as_integers
+from medseg.request_options import flag
 
 logger = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class MedSegLocalDatastore(LocalDatastore):
         of training until a label is submitted for the new image).
         """
         image_info = dict(image_info or {})
-        replace = bool(image_info.pop("replace", False))
+        replace = flag("replace", image_info.pop("replace", False))
         lower = os.path.basename(image_filename).lower()
         if lower.endswith(".zip"):
             return self._add_series(checked_id(image_id), image_filename, image_info, replace)
