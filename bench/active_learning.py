@@ -167,8 +167,10 @@ def run_one(strategy: str, seed: int, data: dict, args, labels: dict[str, int]) 
         shutil.copyfile(image, studies / f"{name}.nii.gz")
     rng = np.random.default_rng(seed)
     initial = [str(x) for x in rng.choice(sorted(data["pool"]), size=args.initial, replace=False)]
+    # Held-out images stay outside the datastore (never trained on, never served), so infer reads them by path.
     conf = {"models": args.model, "shipped_weights": "false", "al_auto_scoring": "false",
-            "al_model": args.model, "al_passes": str(args.passes), "gpu_memory_gb": str(args.gpu_memory_gb)}
+            "al_model": args.model, "al_passes": str(args.passes), "gpu_memory_gb": str(args.gpu_memory_gb),
+            "infer_server_paths": "true"}
     curve = []
     with BenchServer(studies, conf, run_dir / "server.log") as srv:
         for name in initial:

@@ -420,8 +420,9 @@ def run_ours(models: list[str], sets: dict, split: dict, mode: dict, labels: dic
     for name, (image, _) in sets["train"].items():
         shutil.copyfile(image, studies / f"{name}.nii.gz")
     gpu = device.startswith("cuda")
+    # Held-out images stay outside the datastore (never trained on), so infer reads them by path.
     conf = {"models": ",".join(models), "shipped_weights": "false", "al_auto_scoring": "false",
-            "gpu_memory_gb": str(mode["gpu_memory_gb"]), "device": device}
+            "gpu_memory_gb": str(mode["gpu_memory_gb"]), "device": device, "infer_server_paths": "true"}
     log_path = run_dir / "server.log"
     rows = {}
     with BenchServer(studies, conf, log_path) as srv:

@@ -58,3 +58,13 @@ def test_shipped_weights_can_be_ignored(tmp_path):
     assert without["unet3d"].current_path() is None and without["unet3d"].load() is None
     with pytest.raises(ConfigError):
         AppConfig.from_conf({"shipped_weights": "perhaps"}, str(tmp_path), str(tmp_path))
+
+
+def test_safety_keys():
+    cfg = AppConfig.from_conf({"max_upload_mb": "5", "max_image_voxels": "1000000", "infer_server_paths": "true",
+                               "open_network": "false"}, "/tmp/studies", "/tmp/app")
+    assert (cfg.max_upload_mb, cfg.infer_server_paths, cfg.open_network) == (5.0, True, False)
+    assert cfg.grid_limits().max_voxels == 1000000
+    for bad in ({"max_upload_mb": "0"}, {"max_image_voxels": "abc"}, {"open_network": "maybe"}):
+        with pytest.raises(ConfigError):
+            AppConfig.from_conf(bad, "/tmp/studies", "/tmp/app")
