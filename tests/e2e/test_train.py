@@ -32,6 +32,18 @@ def test_put_label_then_train_then_infer_uses_new_weights(training_server, sampl
     info = requests.get(f"{url}/info/", timeout=30).json()
     assert info["models"]["unet3d"]["weights"]["version"] == 2
     assert info["train_stats"]["unet3d"]["status"] == "DONE"
+    # One labelled image: its Dice is no validation, and the stats say so.
+    assert info["train_stats"]["unet3d"]["held_out_validation"] is False
+    assert "not held out" in info["train_stats"]["unet3d"]["validation_note"]
+    # ... and the validation gate, which would compare two scores on the training image, is skipped.
+    r = requests.post(f"{url}/train/unet3d", json={"max_iterations": 1, "batch_size": 1, "augment": False},
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    assert training_server.wait_for_training()["status"] == "DONE"
+    info = requests.get(f"{url}/info/", timeout=30).json()
+    stats = info["train_stats"]["unet3d"]
+    assert stats["published"] is True and "no held-out validation" in stats["val_comparison"]["reason"], stats
+    assert info["models"]["unet3d"]["weights"]["version"] == 3
     plan = info["models"]["unet3d"]["plan"]
     assert (published.parent / "plan.json").exists()
 
@@ -42,7 +54,7 @@ def test_put_label_then_train_then_infer_uses_new_weights(training_server, sampl
     restarted = Server(training_server.studies, {"models": "unet3d"})
     try:
         info = requests.get(f"{restarted.url}/info/", timeout=30).json()
-        assert info["models"]["unet3d"]["weights"]["version"] == 2
+        assert info["models"]["unet3d"]["weights"]["version"] == 3
         assert info["models"]["unet3d"]["plan"] == plan
         assert info["datastore"]["completed"] == 1
     finally:

@@ -124,6 +124,24 @@ def test_largest_component_decision_keeps_a_label_it_would_hurt():
     assert evidence["candidates"]["a"]["accepted"] is False
 
 
+def test_largest_component_leaves_many_piece_and_missed_labels_alone():
+    """Ribs are many pieces; a label the model never finds gains nothing either way (both Dice 0)."""
+    from medseg.pipeline.postprocess import decide_largest_component
+
+    truth = np.zeros((24, 24, 24), np.uint8)
+    for z in range(2, 22, 4):
+        truth[z:z + 2, 2:10, 2:10] = 1  # five ribs
+    truth[2:6, 14:22, 14:22] = 2  # a label the prediction misses
+    truth[10:14, 14:22, 14:22] = 3
+    pred = np.where(truth == 2, 0, truth).astype(np.uint8)
+    pred[23, 0, 0] = 1  # specks that keeping the largest rib would remove, with four real ribs
+    pred[0, 23, 0] = 3
+    chosen, evidence = decide_largest_component([pred], [truth], {"ribs": 1, "missed": 2, "tissue": 3})
+    assert chosen == [3]
+    assert evidence["candidates"]["ribs"]["reason"].startswith("many pieces")
+    assert evidence["candidates"]["missed"]["reason"].startswith("not found")
+
+
 def test_ct_uses_dataset_foreground_statistics_and_mr_per_image_zscore():
     rng = np.random.default_rng(0)
     fg = list(rng.normal(40, 10, 5000)) + [3000.0, -1000.0]  # outliers clipped by the percentiles

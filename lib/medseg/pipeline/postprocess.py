@@ -55,13 +55,33 @@ def apply_postprocessing(labels: np.ndarray, largest_component_labels: list[int]
     return labels
 
 
+# A label whose ground truth has a second component this large (as a fraction of the label's
+# voxels) is made of pieces (ribs, vessels, bilateral structures): keeping the largest would cut true parts.
+MANY_PIECES_FRACTION = 0.05
+
+
+def is_many_pieces(truths: list[np.ndarray], value: int, fraction: float = MANY_PIECES_FRACTION) -> bool:
+    for truth in truths:
+        mask = np.asarray(truth) == value
+        total = int(mask.sum())
+        if not total:
+            continue
+        components, count = ndimage.label(mask)
+        if count > 1 and np.sort(np.bincount(components.ravel())[1:])[-2] >= fraction * total:
+            return True
+    return False
+
+
 def decide_largest_component(
     predictions: list[np.ndarray], truths: list[np.ndarray], label_values: dict[str, int]
 ) -> tuple[list[int], dict]:
-    """Label values for which keeping the largest component lowers no label's mean Dice.
+    """Label values for which keeping the largest component helps, as validation shows.
 
-    Returns the chosen values and the evidence (mean Dice per label with and
-    without the step for each candidate), which is stored beside the weights.
+    A label is a candidate only when the model found it at all (its Dice is above zero)
+    and its ground truth is one piece (``is_many_pieces``); it is chosen when the step
+    raises that label's mean Dice and lowers no other's. Returns the chosen values and
+    the evidence (mean Dice per label with and without the step for each candidate, or
+    why it was not tried), which is stored beside the weights.
     """
     from medseg.pipeline.training import mean_dice_per_label
 
@@ -73,9 +93,15 @@ def decide_largest_component(
     baseline = mean_dice(current)
     evidence = {"baseline": baseline, "candidates": {}}
     for name, value in label_values.items():
+        if baseline[name] <= 0:
+            evidence["candidates"][name] = {"accepted": False, "reason": "not found on validation (Dice 0)"}
+            continue
+        if is_many_pieces(truths, value):
+            evidence["candidates"][name] = {"accepted": False, "reason": "many pieces in the ground truth"}
+            continue
         trial = [keep_largest_component(p, value) for p in current]
         scores = mean_dice(trial)
-        accepted = all(scores[k] >= baseline[k] for k in label_values)
+        accepted = scores[name] > baseline[name] and all(scores[k] >= baseline[k] for k in label_values)
         evidence["candidates"][name] = {"dice": scores, "accepted": accepted}
         if accepted:
             chosen.append(value)

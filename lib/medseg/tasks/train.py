@@ -244,9 +244,16 @@ class MedSegTrainTask(TrainTask):
             config.max_iterations = config.iterations_for(len(train_idx), plan.batch_size)
             logger.info("%s: %d epochs over %d cases = %d iterations", self.spec.name, config.max_epochs,
                         len(train_idx), config.max_iterations)
+        # One labelled image is both trained and validated on: its Dice is no validation, and
+        # the stats, the checkpoint and the publish decision say so.
+        held_out = bool(set(val_idx) - set(train_idx))
+        honesty = {"held_out_validation": held_out}
+        if not held_out:
+            honesty["validation_note"] = (f"only {len(datalist)} labelled image: the validation Dice is measured on "
+                                          "the training image, not held out; label another image for a real one")
         progress = TrainProgress(self.progress_path, {
             "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "pid": os.getpid(),
+            "pid": os.getpid(), **honesty,
             "n_labels": len(datalist),
             "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
         progress.write()
@@ -275,9 +282,11 @@ class MedSegTrainTask(TrainTask):
             "val_images": [names[i] for i in val_idx],
             "trained_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "source": "trained",
+            **honesty,
             **extra,
         }
-        comparison = self.compare_with_current(previous, checkpoint, val_pairs, config.device, policy)
+        comparison = self.compare_with_current(previous, checkpoint, val_pairs, config.device,
+                                               policy if held_out else "no_held_out")
         checkpoint["val_comparison"] = comparison
         summary = {"version": version, "published": comparison["publish"], "val_comparison": comparison,
                    "val_dice_per_label": result.val_dice_per_label, "iterations": result.iterations,
@@ -285,7 +294,7 @@ class MedSegTrainTask(TrainTask):
         if comparison["publish"]:
             self.store.archive_current()  # the replaced weights stay available for rollback
             self.store.publish(checkpoint)
-            if self.peers and _flag(request.get("model_selection", True)):
+            if self.peers and held_out and _flag(request.get("model_selection", True)):
                 self.update_model_selection(val_pairs, config.device)
             logger.info("%s: published version %d", self.spec.name, version)
         else:
@@ -306,6 +315,9 @@ class MedSegTrainTask(TrainTask):
             return {"publish": True, "reason": "no weights were served"}
         if policy == "always":
             return {"publish": True, "reason": "publish=always"}
+        if policy == "no_held_out":
+            return {"publish": True, "reason": "no held-out validation image (one labelled image), so no gate: "
+                                               "published without comparing with the served weights"}
         device = pick_device(device)
         scores = {name: checkpoint_dice(self.spec, ckpt, val_pairs, self.labels, device)
                   for name, ckpt in (("candidate", candidate), ("current", current))}
