@@ -350,6 +350,10 @@ def test_max_epochs_is_honoured_and_stop_is_recorded(guarded):
         if stats.get("status") == "RUNNING" and stats.get("iteration"):
             break
         time.sleep(1)
+    # The training process runs at low priority, the server at normal: infer requests come first.
+    server = psutil.Process(guarded.proc.pid)
+    tasks = [p for p in server.children(recursive=True) if "monailabel.interfaces.utils.app" in " ".join(p.cmdline())]
+    assert tasks and all(p.nice() == server.nice() + 10 for p in tasks), [(p.cmdline()[:4], p.nice()) for p in tasks]
     requests.delete(f"{url}/train/", timeout=60)
     record = json.loads((guarded.studies / ".medseg" / "unet3d" / "train_progress.json").read_text())
     assert record["status"] == "STOPPED"

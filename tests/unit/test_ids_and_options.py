@@ -104,3 +104,19 @@ def test_replace_is_a_checked_flag(tmp_path):
     store.add_image("img", str(tmp_path / "up.nii.gz"), {"replace": True})
     assert store.get_image_info("img")["image_version"] == 2
     assert (studies / "labels" / "versions" / "img" / "images" / "v1.nii.gz").exists()
+
+
+def test_background_tasks_lower_their_priority_and_nothing_else_does():
+    import os
+    import subprocess
+    import sys
+
+    from medseg.background import in_task_process, lower_priority
+
+    assert not in_task_process() and lower_priority() is False  # this test process is not a task
+    assert in_task_process(["/x/site-packages/monailabel/interfaces/utils/app.py", "-m", "train"])
+    # A real process whose argv[0] is MONAI Label's task runner path lowers itself.
+    code = ("import sys, os; sys.argv[0] = os.path.join('x', 'monailabel', 'interfaces', 'utils', 'app.py'); "
+            "from medseg.background import lower_priority; lower_priority(); lower_priority(); print(os.nice(0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert int(out.split()[-1]) == os.nice(0) + 10

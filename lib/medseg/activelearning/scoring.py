@@ -19,6 +19,7 @@ import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from medseg.background import lower_priority
 from medseg.activelearning.scores import cache_for
 from medseg.activelearning.uncertainty import epistemic_score, tta_score
 from medseg.imageio import read_volume
@@ -39,6 +40,7 @@ class DiceScoring(ScoringMethod):
         self.labels = dict(labels)
 
     def __call__(self, request, datastore: Datastore) -> dict[str, Any]:
+        lower_priority()  # a clinician's infer in the server comes first
         result = {}
         for image_id in datastore.list_images():
             score = self.score(datastore, image_id)
@@ -116,6 +118,7 @@ class UncertaintyScoring(ScoringMethod):
         return cache is not None and bool(cache.missing(datastore.get_unlabeled_images()))
 
     def __call__(self, request, datastore: Datastore) -> dict[str, Any]:
+        lower_priority()  # a clinician's infer in the server comes first
         task = self.model_choice()
         if task is None:
             logger.info("%s scoring: no model has weights; nothing to score", self.method)

@@ -15,6 +15,7 @@ import psutil
 import torch.distributed as dist
 from monailabel.interfaces.tasks.train import TrainTask
 
+from medseg.background import lower_priority
 from medseg.checkpoint import ModelStore, plan_of, save_checkpoint
 from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
@@ -68,7 +69,7 @@ def _flag(value) -> bool:
 
 # Keys of a train request besides TrainConfig's: this task's own, and what MONAI Label's clients send.
 TASK_OPTIONS = ("publish", "replan", "model_selection")
-CLIENT_KEYS = ("model", "client_id", "name", "description")
+CLIENT_KEYS = ("model", "client_id", "name", "description", "gpus")
 
 
 def check_train_request(params: dict) -> dict:
@@ -227,6 +228,7 @@ class MedSegTrainTask(TrainTask):
         return result, {}
 
     def __call__(self, request, datastore):
+        lower_priority()  # a clinician's infer in the server comes first
         config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
         policy = str(request.get("publish", "if_not_worse"))
         if policy not in PUBLISH_POLICIES:
