@@ -49,10 +49,7 @@ class AppConfig:
                  *ACTIVE_LEARNING_KEYS, *SAFETY_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
-            try:
-                labels = {str(k): int(v) for k, v in json.loads(conf["labels"]).items()}
-            except (ValueError, AttributeError) as e:
-                raise ConfigError(f"--conf labels must be a JSON object of name: index, got {conf['labels']!r}") from e
+            labels = parse_labels(conf["labels"])
             if sorted(labels.values()) != list(range(1, len(labels) + 1)):
                 raise ConfigError("--conf labels indices must be 1..N without gaps (0 is background)")
         device = str(conf.get("device", "auto"))
@@ -100,6 +97,27 @@ class AppConfig:
         from medseg.imageio import GridLimits
 
         return GridLimits(max_voxels=self.max_image_voxels)
+
+
+def parse_labels(text: str) -> dict[str, int]:
+    """``--conf labels``: ``name=index,name=index`` or a JSON object of name: index.
+
+    The first form has no spaces or quotes to lose: MONAI Label's ``monailabel`` launcher
+    passes its arguments on unquoted, so a JSON value with spaces arrives in pieces.
+    """
+    text = str(text).strip()
+    try:
+        if text.startswith("{"):
+            pairs = json.loads(text).items()
+        else:
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+        labels = {str(k).strip(): int(v) for k, v in pairs}
+    except (ValueError, AttributeError, TypeError) as e:
+        raise ConfigError(f"--conf labels must be name=index pairs (ribs=1,spine=2) or a JSON object of "
+                          f"name: index, got {text!r}") from e
+    if not labels or any(not name for name in labels):
+        raise ConfigError(f"--conf labels names no labels: {text!r}")
+    return labels
 
 
 SAFETY_KEYS = ("max_image_voxels", "max_upload_mb", "infer_server_paths", "open_network")

@@ -68,3 +68,13 @@ def test_safety_keys():
     for bad in ({"max_upload_mb": "0"}, {"max_image_voxels": "abc"}, {"open_network": "maybe"}):
         with pytest.raises(ConfigError):
             AppConfig.from_conf(bad, "/tmp/studies", "/tmp/app")
+
+
+def test_labels_as_pairs_or_json():
+    from medseg.config import parse_labels
+
+    assert parse_labels("ribs=1,spine=2") == parse_labels('{"ribs": 1, "spine": 2}') == {"ribs": 1, "spine": 2}
+    assert AppConfig.from_conf({"labels": "a=1,b=2,c=3"}, "/tmp/studies", "/tmp/app").labels == {"a": 1, "b": 2, "c": 3}
+    for bad in ("ribs", "ribs=x", "=1", "", "a=1,b=3"):
+        with pytest.raises(ConfigError):
+            AppConfig.from_conf({"labels": bad}, "/tmp/studies", "/tmp/app") if bad else parse_labels(bad)
