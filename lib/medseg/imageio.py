@@ -139,20 +139,10 @@ def check_image_file(path: str | os.PathLike, what: str, limits: GridLimits = LI
         raise
     except Exception as e:  # truncated or corrupt data
         raise MedSegInputError(f"cannot read the data of {what}: {e}") from e
-    finally:
-        _close(img)
+    # The file nibabel keeps open (keep_file_open) closes with the image's array proxy.
     if low == high:
         raise MedSegInputError(f"{what} holds the single value {low:g} in all its voxels; it is not a scan")
     return shape
-
-
-def _close(img) -> None:
-    for holder in img.file_map.values():
-        if holder.fileobj is not None:
-            holder.fileobj.close()
-    proxy = getattr(img, "dataobj", None)
-    if hasattr(proxy, "_opener") and proxy._opener is not None:  # keep_file_open: nibabel's own handle
-        proxy._opener.close_if_mine()
 
 
 def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = None,

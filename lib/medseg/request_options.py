@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from medseg.errors import MedSegInputError
+from medseg.ids import label_tag
 
 TRUE = ("1", "true", "yes", "on")
 FALSE = ("0", "false", "no", "off", "")
@@ -83,8 +84,6 @@ INFER_IGNORED = ("result_extension", "result_dtype", "restore_label_idx", "large
 
 def infer_options(params: dict[str, Any], device: str) -> dict[str, Any]:
     """The infer options in ``params``, checked and typed; ``device`` is where the models run."""
-    from medseg.ids import label_tag
-
     # "label" and "session": files the infer route received with the request (never client JSON).
     known = {*INFER_FLAGS, *INFER_IGNORED, "label_tag", "client_id", "device", "timeout", "label", "session"}
     unknown = sorted(set(params) - known)

@@ -60,7 +60,8 @@ SERIES_EXT = ""  # a DICOM series image: its file name is the folder name, the i
 # unpacked per voxel the grid limits allow (16-bit pixels plus headers, with room to spare).
 MAX_SERIES_FILES = 10000
 SERIES_BYTES_PER_VOXEL = 3
-# Hidden folders an upload stages in; what a kill leaves of them goes at the next start.
+# Hidden folders an upload stages in (".replaced-": earlier releases' series replacement); what a
+# kill leaves of them goes at the next start.
 STAGING_PREFIXES = (".upload-", ".replaced-")
 
 
@@ -129,6 +130,7 @@ class MedSegLocalDatastore(LocalDatastore):
         self.labels = dict(labels)
         self.limits = limits
         self._lock_held = threading.local()  # before super(): its __init__ already reads the index
+        self._skipped_names: set[str] = set()  # and lists the studies folder
         super().__init__(path, **kwargs)
         self.versions = LabelVersionStore(os.path.join(self._datastore.label_path(None), VERSIONS_DIR))
 
@@ -328,12 +330,6 @@ class MedSegLocalDatastore(LocalDatastore):
             self._skipped_names.add(name)
             logger.warning("not serving %r from the studies folder: its name is not a valid image id (%s); "
                            "rename it", name, RULE)
-
-    @property
-    def _skipped_names(self) -> set:
-        if not hasattr(self, "_skipped"):
-            self._skipped = set()
-        return self._skipped
 
     # Every read by id or tag checks it first (medseg.ids): MONAI Label's routes, tasks and
     # scoring all come through these, so no id or tag reaches a path unchecked.

@@ -31,6 +31,7 @@ from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax, decide_largest_component
 from medseg.pipeline.preprocess import PreprocessedCase, preprocess
+from medseg.request_options import choice, flag, number
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +89,6 @@ class TrainConfig:
         (10^12 iterations) or never start (batch size 0 with no plan to fall back on) is
         refused with a 422 before a training process starts.
         """
-        from medseg.request_options import choice, flag, number
-
         base = asdict(defaults or cls())
         for f in fields(cls):
             raw = request.get(f.name)

@@ -9,9 +9,11 @@ import json
 import logging
 import os
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import psutil
+import torch
 import torch.distributed as dist
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -36,6 +38,7 @@ from medseg.pipeline.training import (
     pick_device,
     train_network,
 )
+from medseg.request_options import choice, flag, text
 from medseg.selection import checkpoint_dice, evaluate_models, save_selection
 
 logger = logging.getLogger(__name__)
@@ -63,10 +66,6 @@ def _process_alive(pid) -> bool:
         return False
 
 
-def _flag(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 # Keys of a train request besides TrainConfig's: this task's own, and what MONAI Label's clients send.
 TASK_OPTIONS = ("publish", "replan", "model_selection")
 CLIENT_KEYS = ("model", "client_id", "name", "description", "gpus")
@@ -74,18 +73,12 @@ CLIENT_KEYS = ("model", "client_id", "name", "description", "gpus")
 
 def check_train_request(params: dict) -> dict:
     """A training request's options, checked before the training process starts (422 otherwise)."""
-    from dataclasses import fields
-
-    from medseg.request_options import choice, flag, text
-
     known = {f.name for f in fields(TrainConfig)} | set(TASK_OPTIONS) | set(CLIENT_KEYS)
     unknown = sorted(set(params) - known)
     if unknown:
         raise MedSegInputError(f"unknown training option(s) {unknown}; options: {', '.join(sorted(known))}")
     config = TrainConfig.from_request(params)
     if config.multi_gpu:
-        import torch
-
         most = max(os.cpu_count() or 1, torch.cuda.device_count())
         if config.world_size > most:
             raise MedSegInputError(f"world_size {config.world_size} is more processes than this machine has "
@@ -230,16 +223,15 @@ class MedSegTrainTask(TrainTask):
     def __call__(self, request, datastore):
         lower_priority()  # a clinician's infer in the server comes first
         config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
-        policy = str(request.get("publish", "if_not_worse"))
-        if policy not in PUBLISH_POLICIES:
-            raise MedSegInputError(f"publish must be one of {PUBLISH_POLICIES}, got {policy!r}")
+        policy = choice("publish", request.get("publish", "if_not_worse"), PUBLISH_POLICIES)
         datalist = datastore.datalist()
         if not datalist:
             raise MedSegInputError("no image has a final label yet; submit at least one label before training")
         names = [os.path.basename(d["image"]) for d in datalist]
 
         parent = self.store.load()
-        plan, parent, fingerprints = self.choose_plan(parent, datalist, force_replan=_flag(request.get("replan", False)))
+        replan = flag("replan", request.get("replan", False))
+        plan, parent, fingerprints = self.choose_plan(parent, datalist, force_replan=replan)
         train_idx, val_idx = persistent_split(names, self.work_dir / "split.json", config.val_fraction,
                                               config.val_max_cases, config.seed)
         if config.max_epochs:
@@ -287,8 +279,7 @@ class MedSegTrainTask(TrainTask):
             **honesty,
             **extra,
         }
-        comparison = self.compare_with_current(previous, checkpoint, val_pairs, config.device,
-                                               policy if held_out else "no_held_out")
+        comparison = self.compare_with_current(previous, checkpoint, val_pairs, config.device, policy, held_out)
         checkpoint["val_comparison"] = comparison
         summary = {"version": version, "published": comparison["publish"], "val_comparison": comparison,
                    "val_dice_per_label": result.val_dice_per_label, "iterations": result.iterations,
@@ -296,7 +287,7 @@ class MedSegTrainTask(TrainTask):
         if comparison["publish"]:
             self.store.archive_current()  # the replaced weights stay available for rollback
             self.store.publish(checkpoint)
-            if self.peers and held_out and _flag(request.get("model_selection", True)):
+            if self.peers and held_out and flag("model_selection", request.get("model_selection", True)):
                 self.update_model_selection(val_pairs, config.device)
             logger.info("%s: published version %d", self.spec.name, version)
         else:
@@ -307,7 +298,7 @@ class MedSegTrainTask(TrainTask):
         return {"model": self.spec.name, **summary}
 
     def compare_with_current(self, current: dict | None, candidate: dict, val_pairs: list[dict], device: str,
-                             policy: str) -> dict:
+                             policy: str, held_out: bool = True) -> dict:
         """Publish only weights whose validation Dice is not worse than the served weights'.
 
         Both are scored the same way, on the same validation images, on their original
@@ -317,7 +308,7 @@ class MedSegTrainTask(TrainTask):
             return {"publish": True, "reason": "no weights were served"}
         if policy == "always":
             return {"publish": True, "reason": "publish=always"}
-        if policy == "no_held_out":
+        if not held_out:
             return {"publish": True, "reason": "no held-out validation image (one labelled image), so no gate: "
                                                "published without comparing with the served weights"}
         device = pick_device(device)
