@@ -82,6 +82,17 @@ def train_with_task(spec, pairs: list[dict], work: Path, planning: dict, request
     return store.load(), task.stats()
 
 
+def evaluate_colin27(predictor: Predictor) -> dict:
+    """Brain-mask Dice and AAL grey-matter recall on the real Colin27 head, with and without skull."""
+    from medseg.data.colin27 import COLIN27_BRAIN, COLIN27_HEAD, score_tissue_prediction
+
+    out = {}
+    for key, path in (("with_skull", COLIN27_HEAD), ("skull_stripped", COLIN27_BRAIN)):
+        prediction = predictor(read_volume(path))
+        out[key] = dict(score_tissue_prediction(prediction.labels), seconds=prediction.latencies_s["total"])
+    return out
+
+
 def parameters(spec, checkpoint: dict) -> int:
     stages = [(MODELS["cascade_lowres"], checkpoint["lowres"]), (spec, checkpoint)] if spec.cascade else [(spec, checkpoint)]
     return sum(p.numel() for s, c in stages for p in s.network(c).parameters())
@@ -93,6 +104,8 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=str(REPO / "work" / "shipped-training"))
     ap.add_argument("--n-train", type=int, default=12)
     ap.add_argument("--n-test", type=int, default=3)
+    ap.add_argument("--n-head", type=int, default=0,
+                    help="also train on this many head subjects (skull, neck, noise everywhere, any orientation)")
     ap.add_argument("--iterations", type=int, default=600, help="per stage for the cascade")
     ap.add_argument("--learning-rate", type=float, default=None, help="default: the model's training default")
     ap.add_argument("--base-features", type=int, default=8)
@@ -107,12 +120,18 @@ def main(argv=None) -> None:
     spec = MODELS[args.model]
     work = Path(args.work)
     train_dir, test_dir = work / "train", work / "test"
-    generate(train_dir, args.n_train, seed=TRAIN_SEED)
     generate(test_dir, args.n_test, seed=TEST_SEED, prefix="heldout")
-    names = sorted(p.name for p in (train_dir / "images").glob("*.nii.gz"))[: args.n_train]
+    names = [r["name"] + ".nii.gz" for r in generate(train_dir, args.n_train, seed=TRAIN_SEED)]
+    if args.n_head:
+        names += [r["name"] + ".nii.gz" for r in generate(train_dir, args.n_head, seed=TRAIN_SEED, prefix="head",
+                                                           kind="head")]
+        generate(test_dir, args.n_test, seed=TEST_SEED, prefix="heldout_head", kind="head")
     pairs = [{"image": str(train_dir / "images" / n), "label": str(train_dir / "labels" / n)} for n in names]
-    test_pairs = [{"image": str(p), "label": str(test_dir / "labels" / p.name)}
-                  for p in sorted((test_dir / "images").glob("*.nii.gz"))[: args.n_test]]
+    test_pairs = [{"image": str(test_dir / "images" / f"heldout_{i:03d}.nii.gz"),
+                   "label": str(test_dir / "labels" / f"heldout_{i:03d}.nii.gz")} for i in range(args.n_test)]
+    head_test_pairs = [{"image": str(test_dir / "images" / f"heldout_head_{i:03d}.nii.gz"),
+                        "label": str(test_dir / "labels" / f"heldout_head_{i:03d}.nii.gz")}
+                       for i in range(args.n_test)] if args.n_head else []
 
     planning = {"gpu_memory_budget_gb": args.memory_budget_gb, "base_features": args.base_features,
                 "max_features": args.max_features, "max_stages": args.max_stages}
@@ -126,6 +145,9 @@ def main(argv=None) -> None:
     predictor = spec.predictor(trained, device)
     heldout = evaluate(predictor, test_pairs)
     template = evaluate(predictor, [{"image": str(TEMPLATE_T1), "label": str(TEMPLATE_LABELS)}])
+    heads = evaluate(predictor, head_test_pairs) if head_test_pairs else None
+    colin27 = evaluate_colin27(predictor)
+    n_brain = len(trained["train_images"]) + len(trained["val_images"]) - args.n_head
 
     card = {
         "model": spec.name,
@@ -133,9 +155,13 @@ def main(argv=None) -> None:
         "version": 1,
         "trained_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "data": {
-            "train": f"{len(trained['train_images'])} pseudo-subjects of the MNI ICBM152 2009a template (seed {TRAIN_SEED})",
+            "train": (f"{len(trained['train_images'])} pseudo-subjects of the MNI ICBM152 2009a template (seed {TRAIN_SEED}): "
+                      f"{n_brain} brain-extracted and {args.n_head} heads (synthetic skull, neck and face; noise "
+                      f"everywhere; any orientation), with training and validation drawn from both"),
             "validation": f"{len(trained['val_images'])} pseudo-subjects (same seed, held out from training)",
-            "test": f"{len(test_pairs)} held-out pseudo-subjects (seed {TEST_SEED}) and the original 1 mm template",
+            "test": (f"{len(test_pairs)} held-out pseudo-subjects (seed {TEST_SEED})"
+                     + (f", {len(head_test_pairs)} held-out heads (seed {TEST_SEED})" if head_test_pairs else "")
+                     + ", the original 1 mm template, and Colin27 (a real T1 head, with and without its skull)"),
         },
         "labels": TISSUE_LABELS,
         "target_spacing_mm": plan.target_spacing_mm,
@@ -151,7 +177,10 @@ def main(argv=None) -> None:
         "val_dice_per_label": trained["val_dice_per_label"],
         "heldout_dice_per_label": heldout["mean_dice_per_label"],
         "template_dice_per_label": template["mean_dice_per_label"],
-        "evaluation": {"heldout": heldout["cases"], "template": template["cases"]},
+        "heldout_head_dice_per_label": heads["mean_dice_per_label"] if heads else None,
+        "colin27": colin27,
+        "evaluation": {"heldout": heldout["cases"], "template": template["cases"],
+                       **({"heldout_head": heads["cases"]} if heads else {})},
     }
     if spec.cascade:
         low = Plan.from_dict(trained["lowres"]["plan"])
@@ -205,7 +234,9 @@ def write_lowres_from_cascade(cascade: dict, cascade_card: dict, out: Path, test
     template = evaluate(predictor, [{"image": str(TEMPLATE_T1), "label": str(TEMPLATE_LABELS)}])
     card.update(heldout_dice_per_label=heldout["mean_dice_per_label"],
                 template_dice_per_label=template["mean_dice_per_label"],
+                colin27=evaluate_colin27(predictor),
                 evaluation={"heldout": heldout["cases"], "template": template["cases"]})
+    card.pop("heldout_head_dice_per_label", None)
     write_shipped(out, spec.name, stage, card)
 
 
@@ -214,6 +245,13 @@ def render_card(card: dict) -> str:
         return ", ".join(f"{k} {v:.3f}" for k, v in d.items())
 
     t = card["training"]
+    heads = (f"| held-out heads: skull, neck, noise everywhere, any orientation (original grid) | "
+             f"{dice(card['heldout_head_dice_per_label'])} |\n") if card.get("heldout_head_dice_per_label") else ""
+    colin = "".join(
+        f"| Colin27, a real T1 {what} | brain-mask Dice {c['brain_mask_dice']:.3f}, grey-matter recall in AAL "
+        f"regions {c['grey_matter_recall_in_aal']:.3f} |\n"
+        for what, c in (("with skull", card.get("colin27", {}).get("with_skull")),
+                        ("skull-stripped", card.get("colin27", {}).get("skull_stripped"))) if c)
     stages = ""
     if card.get("stages"):
         low = card["stages"]["lowres"]
@@ -237,7 +275,7 @@ def render_card(card: dict) -> str:
 | validation (plan resolution) | {dice(card['val_dice_per_label'])} |
 | held-out pseudo-subjects (original grid) | {dice(card['heldout_dice_per_label'])} |
 | original 1 mm template | {dice(card['template_dice_per_label'])} |
-"""
+{heads}{colin}"""
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from medseg.activelearning.scoring import DiceScoring, UncertaintyScoring
 from medseg.activelearning.strategies import UncertaintyStrategy
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
-from medseg.datastore.local import MedSegLocalDatastore
+from medseg.datastore.local import STUDY_FILE_PATTERNS, MedSegLocalDatastore
 from medseg.errors import MedSegInputError, UnknownImageError, UnknownModelError
 from medseg.ids import image_id as checked_image_id
 from medseg.request_options import infer_options
@@ -59,7 +59,7 @@ class MedSegApp(MONAILabelApp):
         return MedSegLocalDatastore(
             self.studies,
             labels=self.cfg.labels,
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            extensions=STUDY_FILE_PATTERNS,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
             limits=self.cfg.grid_limits(),

@@ -29,7 +29,7 @@ class AppConfig:
     shipped_model_dir: Path | None  # None: ignore the shipped weights (conf shipped_weights false)
     tta: bool  # default for infer requests that do not say
     modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
-    gpu_memory_gb: float  # planning budget for patch and batch size of plans made from the data
+    gpu_memory_gb: float | None  # planning budget of plans made from the data; None: sized for the machine
     al_model: str = ""  # model the uncertainty strategies use: "" (first served with weights), "auto" or a name
     al_passes: int = 5  # stochastic passes (MC dropout) or augmentations (TTA) per uncertainty score
     al_dropout: float = 0.1  # feature-map dropout probability of the MC-dropout passes
@@ -66,12 +66,14 @@ class AppConfig:
         modality = str(conf.get("modality", "MR")).upper()
         if modality not in ("MR", "CT"):
             raise ConfigError(f"--conf modality must be MR or CT, got {conf['modality']!r}")
-        try:
-            gpu_memory_gb = float(conf.get("gpu_memory_gb", 8.0))
-        except ValueError as e:
-            raise ConfigError(f"--conf gpu_memory_gb must be a number, got {conf['gpu_memory_gb']!r}") from e
-        if gpu_memory_gb <= 0:
-            raise ConfigError("--conf gpu_memory_gb must be positive")
+        gpu_memory_gb = None
+        if "gpu_memory_gb" in conf:
+            try:
+                gpu_memory_gb = float(conf["gpu_memory_gb"])
+            except ValueError as e:
+                raise ConfigError(f"--conf gpu_memory_gb must be a number, got {conf['gpu_memory_gb']!r}") from e
+            if not 0 < gpu_memory_gb < 1e4:
+                raise ConfigError("--conf gpu_memory_gb must be positive (GiB)")
         unknown = sorted(set(conf) - known)
         if unknown:
             import logging

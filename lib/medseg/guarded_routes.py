@@ -40,8 +40,8 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 USER, ANNOTATOR, ADMIN = (settings.MONAI_LABEL_AUTH_ROLE_USER, settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR,
                           settings.MONAI_LABEL_AUTH_ROLE_ADMIN)
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".zip", ".dcm")
-LABEL_SUFFIXES = (".nii.gz", ".nii")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".zip", ".dcm")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
 
 
 class UnknownTaskError(MedSegInputError):
@@ -80,7 +80,7 @@ def _save_upload(upload: UploadFile, suffix: str, background_tasks: BackgroundTa
 def put_image(background_tasks: BackgroundTasks, image: Optional[str] = None, params: str = Form("{}"),
               file: UploadFile = File(...), user: User = Depends(RBAC(ANNOTATOR))):
     info = json_object(params, "params")
-    suffix = _suffix(file, IMAGE_SUFFIXES, "a NIfTI image or a .zip of a DICOM series")
+    suffix = _suffix(file, IMAGE_SUFFIXES, "a NIfTI or NRRD image, or a .zip of a DICOM series")
     image_id = image if image else _client_name(file, suffix)
     path = _save_upload(file, suffix, background_tasks)
     return {"image": app_instance().datastore().add_image(image_id, path, info)}
@@ -93,7 +93,7 @@ def put_label(background_tasks: BackgroundTasks, image: str, params: str = Form(
     info = json_object(params, "params")
     if "source" in info:
         raise MedSegInputError("params source is set by the server (upload, restore, infer), not by clients")
-    suffix = _suffix(label, LABEL_SUFFIXES, "a NIfTI label")
+    suffix = _suffix(label, LABEL_SUFFIXES, "a NIfTI or NRRD label, or a Slicer .seg.nrrd")
     path = _save_upload(label, suffix, background_tasks)
     instance = app_instance()
     label_id = instance.datastore().save_label(image, path, tag or DefaultLabelTag.FINAL.value, info)
@@ -132,7 +132,7 @@ def post_infer(background_tasks: BackgroundTasks, model: str, image: str = "", s
             raise MedSegInputError(f"params may not set {key!r}; it comes from the request itself")
     request: dict[str, Any] = {**instance.info().get("config", {}).get("infer", {}), "image": image, **options}
     if file is not None:
-        request["image"] = UploadedImage(_save_upload(file, _suffix(file, IMAGE_SUFFIXES[:2], "a NIfTI image"),
+        request["image"] = UploadedImage(_save_upload(file, _suffix(file, IMAGE_SUFFIXES[:3], "a NIfTI or NRRD image"),
                                                       background_tasks))
     if label is not None:
         request["label"] = UploadedImage(_save_upload(label, _suffix(label, LABEL_SUFFIXES, "a NIfTI label"),

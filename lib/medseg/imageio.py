@@ -147,7 +147,7 @@ def check_image_file(path: str | os.PathLike, what: str, limits: GridLimits = LI
 
 def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = None,
                 limits: GridLimits = LIMITS) -> Volume:
-    """Read a 3D NIfTI volume or a DICOM series; raise MedSegInputError for anything else.
+    """Read a 3D NIfTI or NRRD volume or a DICOM series; raise MedSegInputError for anything else.
 
     A folder is read as one DICOM series; so is a single DICOM file (which is
     refused, since one slice is not a volume, unless a caller wants that error).
@@ -157,6 +157,10 @@ def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = No
     import nibabel as nib
 
     path = str(path)
+    if path.lower().endswith(".nrrd"):
+        from medseg.nrrd_files import read_nrrd
+
+        return read_nrrd(path, what=what, limits=limits)
     if os.path.isdir(path) or is_dicom_file(path):
         from medseg.dicom.series import read_series
 

@@ -7,6 +7,7 @@ import numpy as np
 
 from medseg.errors import MedSegInputError, UnsupportedMediaError
 from medseg.imageio import LIMITS, NIFTI_SUFFIXES, GridLimits, Volume, read_volume
+from medseg.nrrd_files import header_shape, is_nrrd, is_segmentation, read_header, read_segmentation_as_label
 
 
 def stored_as_integers(path: str) -> bool:
@@ -85,24 +86,43 @@ def nifti_suffix(filename: str) -> str:
         if filename.lower().endswith(suffix):
             return suffix
     raise UnsupportedMediaError(
-        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz) "
-        "or a .zip of a DICOM series; convert it first"
+        f"{os.path.basename(filename) or 'the upload'} is not a NIfTI file (.nii or .nii.gz), a NRRD "
+        "(.nrrd, .seg.nrrd) or a .zip of a DICOM series; convert it first"
     )
 
 
+def stored_suffix(filename: str) -> str:
+    """The suffix an upload is stored under: its NIfTI suffix; NRRD uploads are stored as .nii.gz."""
+    return ".nii.gz" if is_nrrd(filename) else nifti_suffix(filename)
+
+
 def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int], expect_shape=None,
-                        limits: GridLimits = LIMITS) -> Volume:
+                        limits: GridLimits = LIMITS, reference: Volume | None = None) -> Volume:
     """A submitted label file, its values mapped to the app's indices when ``label_info`` names them.
 
     Every datastore reads uploads through here, so they refuse the same things the same way;
     the caller still checks the result against its image (``check_label_against_image``).
     With ``expect_shape`` (the image's), a header claiming another size is refused before
     any data is read, so a label can never cost more memory than its image.
+
+    A Slicer ``.seg.nrrd`` needs ``reference`` (the image): its segments take the app's
+    indices by name, and a segmentation cropped to its segments' extent is put in place.
     """
-    nifti_suffix(path)
-    if expect_shape is not None:
-        _check_header_shape(path, tuple(expect_shape))
-    label = read_volume(path, what="the uploaded label", limits=limits)
+    what = "the uploaded label"
+    if is_nrrd(path):
+        header, _ = read_header(path, what)
+        if is_segmentation(path, header):
+            if reference is None:
+                raise MedSegInputError("a .seg.nrrd label needs its image; submit it for a stored image")
+            return read_segmentation_as_label(path, app_labels, reference, what, limits)
+        if expect_shape is not None and header_shape(header, what) != tuple(expect_shape):
+            raise MedSegInputError(f"label size {list(header_shape(header, what))} differs from the image size "
+                                   f"{list(expect_shape)}; export the label on the image's grid")
+    else:
+        nifti_suffix(path)
+        if expect_shape is not None:
+            _check_header_shape(path, tuple(expect_shape))
+    label = read_volume(path, what=what, limits=limits)
     mapping = (label_info or {}).get("label_info")
     if mapping:
         label = Volume(remap_label_values(label.array, mapping, app_labels), label.affine, label.header)

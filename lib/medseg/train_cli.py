@@ -21,7 +21,7 @@ from pathlib import Path
 
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
-from medseg.datastore.local import MedSegLocalDatastore
+from medseg.datastore.local import STUDY_FILE_PATTERNS, MedSegLocalDatastore
 from medseg.pipeline.distributed import init_from_environment, is_main_process
 from medseg.tasks.train import train_tasks
 
@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
     conf = dict(args.conf)
     conf["models"] = args.model
     cfg = AppConfig.from_conf(conf, args.studies, args.app)
-    datastore = MedSegLocalDatastore(args.studies, labels=cfg.labels, extensions=["*.nii.gz", "*.nii"],
+    datastore = MedSegLocalDatastore(args.studies, labels=cfg.labels, extensions=STUDY_FILE_PATTERNS,
                                      auto_reload=False)
     task = train_tasks(cfg, model_stores(cfg))[args.model]
     result = task(dict(args.option), datastore)

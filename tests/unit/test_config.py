@@ -7,7 +7,7 @@ from medseg.errors import ConfigError
 def test_defaults_and_work_dir_beside_local_studies(tmp_path):
     cfg = AppConfig.from_conf({}, str(tmp_path / "studies"), str(tmp_path / "app"))
     assert cfg.work_dir == tmp_path / "studies" / ".medseg"
-    assert cfg.device == "auto" and cfg.tta is False and cfg.modality == "MR" and cfg.gpu_memory_gb == 8.0
+    assert cfg.device == "auto" and cfg.tta is False and cfg.modality == "MR" and cfg.gpu_memory_gb is None
     assert cfg.labels == {"grey_matter": 1, "white_matter": 2}
 
 

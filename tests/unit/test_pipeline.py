@@ -37,13 +37,15 @@ def test_preprocess_and_inverse_restore_the_original_grid():
     plan = tiny_plan((1.5, 1.5, 1.5))
     case = preprocess(image, (1.0, 1.0, 1.0), plan)
     assert nonzero_bbox(image) == ((5, 25), (4, 20), (3, 22))
-    assert case.image.shape[1:] == (13, 11, 13)
+    # The crop is the intensity foreground: smoothing and dilation leave two voxels of margin.
+    assert case.bbox == ((3, 27), (2, 22), (1, 24))
+    assert case.image.shape[1:] == (16, 13, 15)
     probs = torch.zeros((2, *case.image.shape[1:]))
     probs[1] = 1.0
     back = invert_probabilities(probs, case)
     assert back.shape == (2, 30, 28, 26)
     labels = back.argmax(0).numpy()
-    assert labels[5:25, 4:20, 3:22].all() and labels.sum() == 20 * 16 * 19
+    assert labels[3:27, 2:22, 1:24].all() and labels.sum() == 24 * 20 * 23
 
 
 def test_labels_from_the_crop_equal_the_argmax_of_the_full_probabilities():
@@ -54,7 +56,7 @@ def test_labels_from_the_crop_equal_the_argmax_of_the_full_probabilities():
     labels = invert_labels(probs, case)
     assert labels.dtype == np.uint8 and labels.shape == (30, 28, 26)
     assert np.array_equal(labels, invert_probabilities(probs, case).argmax(0).numpy())
-    assert set(np.unique(labels[5:25, 4:20, 3:22])) == {0, 1, 2} and not labels[:5].any()
+    assert set(np.unique(labels[5:25, 4:20, 3:22])) == {0, 1, 2} and not labels[:3].any()
 
 
 def test_class_argmax_matches_argmax_on_any_axis_and_breaks_ties_low():
@@ -187,7 +189,7 @@ def test_2d_plan_slices_along_the_coarsest_axis_and_trains_slice_wise():
     cases = [CaseFingerprint("a", [1.0, 4.0, 1.0], [40, 10, 36], [1.0])]
     plan = make_plan(cases, LABELS, spatial_dims=2, gpu_memory_budget_gb=0.01, base_features=4, max_features=8)
     assert plan.slice_axis == 1 and plan.patch_size_vox[1] == 1 and len(plan.strides[0]) == 2
-    assert not plan.use_cascade
+    assert not plan.cascade_recommended
     rng = np.random.default_rng(0)
     label = np.zeros((40, 10, 36), np.uint8)
     label[10:30, :, 8:28] = 1
@@ -233,8 +235,57 @@ def test_progress_reports_epoch_and_validation_dice_while_training():
     result = train_network(MODELS["unet3d"].build(plan), plan, [case], [case],
                            TrainConfig(max_iterations=6, batch_size=2, log_every=2, val_every=3, augment=False),
                            progress=seen.append)
-    assert [e["iteration"] for e in seen] == [2, 3, 4, 6]  # validation steps are reported too
-    assert [e["epoch"] for e in seen] == [4.0, 6.0, 8.0, 12.0]  # batch 2, one case
-    assert [sorted(e.get("val_dice_per_label", {})) for e in seen] == [[], ["a"], [], []]
+    # The first three iterations at once, then every log_every; validation steps are reported too.
+    assert [e["iteration"] for e in seen] == [1, 2, 3, 4, 6]
+    assert [e["epoch"] for e in seen] == [2.0, 4.0, 6.0, 8.0, 12.0]  # batch 2, one case
+    assert [sorted(e.get("val_dice_per_label", {})) for e in seen] == [[], [], ["a"], [], []]
     # (the last step's Dice is the final validation's job)
     assert set(result.val_dice_per_label) == {"a"}
+
+
+def test_cpu_plan_is_small_and_coarse_enough_and_says_so_while_the_gpu_plan_keeps_the_data_spacing():
+    from medseg.pipeline.plan import machine_planning
+
+    # A thoracic CT series: 512x512x60 at 0.6x0.6x5 mm.
+    cases = [CaseFingerprint(f"ct{i}", [0.6, 0.6, 5.0], [512, 512, 60], [0.0, 50.0], "CT") for i in range(3)]
+    gpu = make_plan(cases, LABELS, modality="CT", **machine_planning("cuda", None))
+    cpu = make_plan(cases, LABELS, modality="CT", **machine_planning("cpu", None))
+    assert gpu.planned_for == "gpu" and cpu.planned_for == "cpu"
+    assert gpu.target_spacing_mm == [0.6, 0.6, 5.0] and gpu.data_spacing_mm is None
+    assert cpu.data_spacing_mm == [0.6, 0.6, 5.0]
+    assert cpu.target_spacing_mm[0] > 1.0 and cpu.target_spacing_mm[2] == 5.0  # the fine axes coarsened
+    assert np.prod(cpu.median_shape_vox) <= 4_000_000 < np.prod(gpu.median_shape_vox)
+    assert max(cpu.features) <= 64 < max(gpu.features)
+    assert np.prod(cpu.patch_size_vox) < np.prod(gpu.patch_size_vox)
+    # A budget the user sets is used as given, also on a CPU.
+    asked = make_plan(cases, LABELS, modality="CT", **machine_planning("cpu", 8.0))
+    assert asked.planned_for == "cpu (gpu_memory_gb set)" and asked.target_spacing_mm == gpu.target_spacing_mm
+
+
+def test_plans_written_before_cascade_recommended_still_load():
+    plan = tiny_plan()
+    old = plan.__dict__ | {"use_cascade": True}
+    old.pop("cascade_recommended")
+    assert Plan.from_dict(old).cascade_recommended is True
+
+
+@pytest.mark.parametrize("axcodes", ["LPS", "LIA", "PIL"])
+def test_any_orientation_gives_the_same_network_input_and_labels_back_in_place(axcodes):
+    import nibabel as nib
+
+    rng = np.random.default_rng(1)
+    image = np.zeros((30, 34, 26), np.float32)
+    image[4:26, 6:30, 3:22] = rng.normal(100, 10, (22, 24, 19))
+    affine = np.diag([1.0, 1.2, 1.5, 1.0])
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                                nib.orientations.axcodes2ornt(tuple(axcodes)))
+    stored = nib.orientations.apply_orientation(image, transform)
+    stored_affine = affine @ nib.orientations.inv_ornt_aff(transform, image.shape)
+    plan = tiny_plan((1.5, 1.5, 1.5))
+    ras = preprocess(image, (1.0, 1.2, 1.5), plan, affine=affine)
+    other = preprocess(stored, np.linalg.norm(stored_affine[:3, :3], axis=0), plan, affine=stored_affine)
+    assert np.allclose(ras.image, other.image)
+    probs = torch.softmax(torch.randn((2, *other.image.shape[1:]), generator=torch.Generator().manual_seed(0)), 0)
+    back = invert_labels(probs, other)
+    assert back.shape == stored.shape
+    assert np.array_equal(back, nib.orientations.apply_orientation(invert_labels(probs, ras), transform))

@@ -4,8 +4,17 @@ Each subject is the template seen through a random, smooth, invertible-looking
 spatial transform (small affine + B-spline-like displacement field), resampled on
 a grid of its own spacing, with MR artefacts on top: a multiplicative bias field,
 a contrast (gamma) change, a global intensity scale, optional thick-slice blur and
-Rician noise inside the brain (the template is brain-extracted, and so are they). The label map goes through exactly the same transform (linear
+Rician noise. The label map goes through exactly the same transform (linear
 interpolation of its one-hot maps, then argmax), so image and label stay aligned.
+
+Two kinds of subject:
+* ``brain``: brain-extracted like the template, zero outside the brain;
+* ``head``: as a scanner delivers it. A synthetic head (``synthetic_head``: skull,
+  scalp, neck, face, each tissue with a random contrast) surrounds the brain, the
+  Rician noise covers the whole field of view, the background may carry an offset,
+  the field of view cuts the neck at a random level, one axis may be acquired with
+  thick (3-5 mm) slices, and the array may be stored in another orientation
+  (LPS, LIA, PIL, ...), with the affine saying so.
 
 Everything is driven by ``numpy.random.default_rng(seed)`` so a (seed, index)
 pair always gives the same subject on any machine.
@@ -22,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.synthetic_head import add_head, pad_for_head
 from medseg.data.template import TISSUE_LABELS, load_template
 
 
@@ -36,6 +46,32 @@ class SubjectParams:
     intensity_scale: float
     noise_fraction: float
     thick_slice_axis: int  # -1: none
+    kind: str = "brain"  # "brain" (extracted, zero background) or "head" (see the module doc)
+    background_offset: float = 0.0  # head: constant added everywhere, as a fraction of the tissue peak
+    neck_cut_mm: float = 0.0  # head: how much of the synthetic neck the field of view leaves out
+    axcodes: str = "RAS"  # head: the orientation the array is stored in
+
+
+# Orientations a head may be stored in: RAS (NIfTI from most converters), LPS (DICOM
+# patient axes), sagittal and coronal acquisitions.
+HEAD_AXCODES = ("RAS", "RAS", "LPS", "LIA", "PIL", "ASL", "RPI")
+
+
+def draw_head_params(rng: np.random.Generator, params: SubjectParams) -> SubjectParams:
+    """The brain parameters plus what a head scan varies in: noise everywhere, FOV, slices, orientation."""
+    spacing = list(params.spacing_mm)
+    thick = params.thick_slice_axis
+    if rng.random() < 0.3:  # a thick-slice acquisition: 1 mm in-plane, 3-5 mm slices
+        thick = int(rng.integers(0, 3))
+        spacing = [float(rng.uniform(0.9, 1.3))] * 3
+        spacing[thick] = float(rng.uniform(3.0, 5.0))
+    return SubjectParams(**{
+        **asdict(params), "spacing_mm": tuple(spacing), "thick_slice_axis": thick, "kind": "head",
+        "noise_fraction": float(rng.uniform(0.01, 0.06)),
+        "background_offset": float(rng.uniform(0.0, 0.05)) if rng.random() < 0.3 else 0.0,
+        "neck_cut_mm": float(rng.uniform(0, 60)),
+        "axcodes": str(rng.choice(HEAD_AXCODES)),
+    })
 
 
 def draw_params(rng: np.random.Generator, spacing_choices_mm=(1.2, 1.5, 1.5, 1.8)) -> SubjectParams:
@@ -92,10 +128,18 @@ def sample_coordinates(params: SubjectParams, template_shape, rng) -> tuple[np.n
     return coords, out_shape
 
 
-def make_subject(image_t: np.ndarray, labels_t: np.ndarray, affine_t: np.ndarray, seed: int, index: int):
+def make_subject(image_t: np.ndarray, labels_t: np.ndarray, affine_t: np.ndarray, seed: int, index: int,
+                 kind: str = "brain"):
     """One pseudo-subject: (image float32, labels uint8, affine, params)."""
     rng = np.random.default_rng([seed, index])
     params = draw_params(rng)
+    if kind == "head":
+        params = draw_head_params(rng, params)
+        image_t, labels_t, affine_t = pad_for_head(image_t, labels_t, affine_t)
+        white_matter = float(np.median(image_t[labels_t == TISSUE_LABELS["white_matter"]]))
+        image_t = add_head(image_t, rng, white_matter)
+    elif kind != "brain":
+        raise ValueError(f"unknown subject kind {kind!r}")
     coords, out_shape = sample_coordinates(params, image_t.shape, rng)
 
     source = image_t
@@ -106,7 +150,7 @@ def make_subject(image_t: np.ndarray, labels_t: np.ndarray, affine_t: np.ndarray
         source = ndimage.gaussian_filter(image_t, sigma)
     image = ndimage.map_coordinates(source, coords, order=3, mode="constant", cval=0.0, prefilter=True)
     image = np.clip(image, 0, None)
-    # The template is brain-extracted; the subjects stay so (zero outside the brain).
+    # A brain subject stays brain-extracted (zero outside the brain).
     brain = image > 1e-3 * float(image.max())
 
     n_classes = max(TISSUE_LABELS.values()) + 1
@@ -126,11 +170,37 @@ def make_subject(image_t: np.ndarray, labels_t: np.ndarray, affine_t: np.ndarray
     n1 = rng.normal(0, sigma_noise, out_shape)
     n2 = rng.normal(0, sigma_noise, out_shape)
     image = np.sqrt((image + n1) ** 2 + n2**2)  # Rician noise, as in magnitude MR images
-    image = np.where(brain, image * 1000.0 * params.intensity_scale, 0.0).astype(np.float32)
+    if params.kind == "head":  # noise everywhere, as a magnitude image has it
+        image = ((image + params.background_offset) * 1000.0 * params.intensity_scale).astype(np.float32)
+    else:
+        image = np.where(brain, image * 1000.0 * params.intensity_scale, 0.0).astype(np.float32)
 
     affine = affine_t.copy()
     affine[:3, :3] = affine_t[:3, :3] @ np.diag(params.spacing_mm)
+    if params.kind == "head":
+        image, labels, affine = _cut_neck(image, labels, affine, params)
+        image, labels, affine = _store_as(image, labels, affine, params.axcodes)
     return image, labels, affine, params
+
+
+def _cut_neck(image, labels, affine, params: SubjectParams):
+    """The field of view starts ``neck_cut_mm`` above the bottom of the synthetic neck."""
+    cut = int(params.neck_cut_mm / params.spacing_mm[2])
+    shifted = affine.copy()
+    shifted[:3, 3] += affine[:3, 2] * cut
+    return image[:, :, cut:], labels[:, :, cut:], shifted
+
+
+def _store_as(image, labels, affine, axcodes: str):
+    """The arrays permuted and flipped to ``axcodes``, and the affine that keeps them in place."""
+    import nibabel as nib
+
+    transform = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                                nib.orientations.axcodes2ornt(tuple(axcodes)))
+    affine = affine @ nib.orientations.inv_ornt_aff(transform, image.shape)
+    image = np.ascontiguousarray(nib.orientations.apply_orientation(image, transform))
+    labels = np.ascontiguousarray(nib.orientations.apply_orientation(labels, transform))
+    return image, labels, affine
 
 
 def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> None:
@@ -145,16 +215,16 @@ def write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> Non
     os.replace(tmp, path)
 
 
-def _write_subject(out_dir: Path, name: str, seed: int, index: int, template=None) -> dict:
+def _write_subject(out_dir: Path, name: str, seed: int, index: int, template=None, kind: str = "brain") -> dict:
     template = template if template is not None else load_template()
-    image, labels, affine, params = make_subject(*template, seed=seed, index=index)
+    image, labels, affine, params = make_subject(*template, seed=seed, index=index, kind=kind)
     write_nifti(out_dir / "labels" / f"{name}.nii.gz", labels, affine, np.uint8)
     write_nifti(out_dir / "images" / f"{name}.nii.gz", image, affine, np.float32)
     return {"name": name, "seed": seed, "index": index, **asdict(params)}
 
 
 def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix: str = "subject",
-             workers: int | None = None) -> list[dict]:
+             workers: int | None = None, kind: str = "brain") -> list[dict]:
     """Write n subjects as ``images/<name>.nii.gz`` and ``labels/<name>.nii.gz``; skip existing ones.
 
     Missing subjects are made in parallel processes (one per core by default); each
@@ -175,12 +245,13 @@ def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers) as pool:
-            futures = {index: pool.submit(_write_subject, out_dir, name, seed, index) for name, index in missing}
+            futures = {index: pool.submit(_write_subject, out_dir, name, seed, index, None, kind)
+                       for name, index in missing}
             records.update({index: f.result() for index, f in futures.items()})
     elif missing:
         template = load_template()
         for name, index in missing:
-            records[index] = _write_subject(out_dir, name, seed, index, template)
+            records[index] = _write_subject(out_dir, name, seed, index, template, kind)
     return [records[i] for i in sorted(records)]
 
 
@@ -215,6 +286,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--first-index", type=int, default=0)
     parser.add_argument("--prefix", default="subject")
+    parser.add_argument("--kind", default="brain", choices=("brain", "head"),
+                        help="brain: extracted, zero background; head: skull, neck, noise everywhere")
     parser.add_argument("--studies", default=None,
                         help="also copy the images (unlabeled) into this MONAI Label studies folder")
     args = parser.parse_args(argv)
@@ -222,7 +295,7 @@ def main(argv=None) -> None:
         names = prepare_studies(Path(args.studies), args.n, args.seed, Path(args.out), args.prefix)
         print(f"studies folder {args.studies}: {len(names)} unlabeled images")
         return
-    records = generate(Path(args.out), args.n, args.seed, args.first_index, args.prefix)
+    records = generate(Path(args.out), args.n, args.seed, args.first_index, args.prefix, kind=args.kind)
     print(json.dumps(records, indent=1))
 
 

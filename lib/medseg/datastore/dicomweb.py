@@ -470,8 +470,8 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
         entry = self._image(image_id)
         tag = _tag_name(label_tag)
         label_info = dict(label_info or {})
-        label = read_uploaded_label(label_filename, label_info, self.labels)
         source = read_volume(self.get_image_uri(image_id))
+        label = read_uploaded_label(label_filename, label_info, self.labels, reference=source)
         check_label_against_image(label, source, self.labels)
         array = np.rint(label.array).astype(np.uint8)
         if tag == FINAL:

@@ -47,7 +47,15 @@ from medseg.ids import RESERVED_IDS, RULE, is_valid_name
 from medseg.ids import image_id as checked_id
 from medseg.ids import label_tag as checked_tag
 from medseg.imageio import LIMITS, GridLimits, Volume, check_image_file, is_dicom_file, read_volume, write_like
-from medseg.labels import check_label_against_image, label_dtype, nifti_suffix, read_uploaded_label, stored_as_integers
+from medseg.labels import (
+    check_label_against_image,
+    label_dtype,
+    nifti_suffix,
+    read_uploaded_label,
+    stored_as_integers,
+    stored_suffix,
+)
+from medseg.nrrd_files import is_nrrd
 from medseg.request_options import flag
 
 logger = logging.getLogger(__name__)
@@ -55,6 +63,9 @@ logger = logging.getLogger(__name__)
 FINAL = DefaultLabelTag.FINAL.value
 ORIGINAL = DefaultLabelTag.ORIGINAL.value
 VERSIONS_DIR = "versions"  # <studies>/labels/versions/<image_id>/; not a label tag
+# Files of the studies folder (and of labels/<tag>/) that are images (labels): NIfTI and
+# NRRD. A Slicer .seg.nrrd in the images folder is a segmentation and is skipped.
+STUDY_FILE_PATTERNS = ["*.nii.gz", "*.nii", "*.nrrd"]
 SERIES_EXT = ""  # a DICOM series image: its file name is the folder name, the image id
 # Limits on an uploaded series archive (a zip bomb must not fill the disk): files, and bytes
 # unpacked per voxel the grid limits allow (16-bit pixels plus headers, with room to spare).
@@ -201,6 +212,8 @@ class MedSegLocalDatastore(LocalDatastore):
             from medseg.dicom.series import read_series
 
             read_series([image_filename], what="the uploaded DICOM file", limits=self.limits)
+        if is_nrrd(image_filename):
+            return self._add_nrrd(image_id, image_filename, image_info, replace)
         ext = nifti_suffix(image_filename)
         shape = check_image_file(image_filename, "the uploaded image", self.limits)
         name = self._filename(image_id, ext)
@@ -215,6 +228,24 @@ class MedSegLocalDatastore(LocalDatastore):
             self._update_datastore_file(lock=False)
         logger.info("added image %s (%s)%s", image_id, "x".join(map(str, shape)), " replacing the previous" * bool(previous))
         return image_id
+
+    def _add_nrrd(self, image_id: str, nrrd_filename: str, image_info: dict[str, Any], replace: bool) -> str:
+        """A NRRD image (Slicer's volume format), checked, then stored as NIfTI like every upload.
+
+        A ``.seg.nrrd`` is a segmentation, not an image: it is refused here with a pointer
+        to the label route.
+        """
+        from medseg.nrrd_files import is_segmentation, read_header, read_nrrd
+
+        what = "the uploaded image"
+        if is_segmentation(nrrd_filename, read_header(nrrd_filename, what)[0]):
+            raise MedSegInputError(f"{what} is a segmentation (.seg.nrrd); submit it as the label of its image "
+                                   "(PUT /datastore/label)")
+        volume = read_nrrd(nrrd_filename, what=what, limits=self.limits)
+        with tempfile.TemporaryDirectory(prefix="medseg-image-") as tmp:
+            staged = os.path.join(tmp, "image.nii.gz")
+            write_like(staged, volume.array, volume, dtype=np.float32)
+            return self.add_image(image_id, staged, {**image_info, "replace": replace, "uploaded_format": "nrrd"})
 
     def _take_over(self, image_id: str, replace: bool) -> dict[str, Any]:
         """Make room for a new image under ``image_id``; what its info records of the old one."""
@@ -306,6 +337,13 @@ class MedSegLocalDatastore(LocalDatastore):
         for image_id in [i for i in self._datastore.objects if not is_valid_name(i) or i in RESERVED_IDS]:
             obj = self._datastore.objects.pop(image_id)
             self._warn_skipped(obj.image.info.get("name") or image_id)
+        for image_id in [i for i, o in self._datastore.objects.items()
+                         if str(o.image.info.get("name", "")).lower().endswith(".seg.nrrd")]:
+            name = self._datastore.objects.pop(image_id).image.info.get("name")
+            if name not in self._skipped_names:
+                self._skipped_names.add(name)
+                logger.warning("skipped %s in the studies folder: it is a Slicer segmentation, not an image; "
+                               "submit it as its image's label (PUT /datastore/label)", name)
         images_dir = self._datastore.image_path()
         skip = {os.path.realpath(self._datastore.label_path(None))}
         for name in sorted(os.listdir(images_dir)):
@@ -409,12 +447,12 @@ class MedSegLocalDatastore(LocalDatastore):
             raise MedSegInputError("label params must be a JSON object")
         self._sync()
         self._object(image_id, "upload it before its label")
-        label_ext = nifti_suffix(label_filename)
+        label_ext = stored_suffix(label_filename)
         label_info = dict(label_info or {})
         image = self._image_volume(image_id)
         # The header first: a label off the image's grid is refused before its data is read.
         label = read_uploaded_label(label_filename, label_info, self.labels, expect_shape=image.shape,
-                                    limits=self.limits)
+                                    limits=self.limits, reference=image)
         check_label_against_image(label, image, self.labels)
 
         # Stored as sent when it holds plain integers (what Slicer sends, byte for byte); rewritten
@@ -423,7 +461,7 @@ class MedSegLocalDatastore(LocalDatastore):
         # commit copies it in), so the file watcher never sees it.
         with tempfile.TemporaryDirectory(prefix="medseg-label-") as tmp:
             staged = label_filename
-            if label_info.get("label_info") or not stored_as_integers(label_filename):
+            if label_info.get("label_info") or is_nrrd(label_filename) or not stored_as_integers(label_filename):
                 staged = os.path.join(tmp, f"label{label_ext}")
                 dtype = label_dtype(self.labels)
                 write_like(staged, label.array.astype(dtype), label, dtype=dtype)

@@ -53,7 +53,7 @@ def with_previous_stage(case: PreprocessedCase, previous: np.ndarray, n_classes:
     channels = onehot_foreground(previous, n_classes).numpy()
     image = np.concatenate([np.asarray(case.image, dtype=np.float32), channels], axis=0)
     return PreprocessedCase(image=image, label=case.label, original_shape=case.original_shape, bbox=case.bbox,
-                            cropped_shape=case.cropped_shape, foreground_vox=case.foreground_vox)
+                            cropped_shape=case.cropped_shape, foreground_vox=case.foreground_vox, ornt=case.ornt)
 
 
 def _ball(radius: int, dims: int) -> np.ndarray:
@@ -116,7 +116,7 @@ def previous_stage_on_grid(first_stage: Predictor, volume: Volume, plan: Plan, t
     the second stage's grid exactly as it takes a ground-truth label in training.
     """
     labels = first_stage(volume, tta=tta).labels
-    return preprocess(volume.array, volume.spacing_mm, plan, labels)
+    return preprocess(volume.array, volume.spacing_mm, plan, labels, affine=volume.affine)
 
 
 class CascadePredictor(Predictor):

@@ -49,6 +49,27 @@ LOWRES_MIN_PATCH_COVERAGE = 1.0
 LOWRES_MAX_SPACING_FACTOR = 4.0
 STAGES = ("fullres", "lowres", "cascade_fullres")
 
+# Plans fit the machine they train and serve on. nnU-Net's rules size a plan for a GPU's
+# memory; on a CPU such a plan (patch 128^3, up to 320 features) does not finish one
+# iteration in minutes and a clinical CT at its native 0.6 mm takes tens of minutes to
+# segment. So on a CPU the plan gets a small network (the profile the shipped models
+# were trained with) and a target spacing coarse enough that the median image holds at
+# most CPU_MAX_MEDIAN_VOXELS (fine axes coarsened first, as for the cascade's first
+# stage). A user who wants more sets --conf gpu_memory_gb, which is then used as is.
+CPU_PLANNING = {"gpu_memory_budget_gb": 0.25, "base_features": 8, "max_features": 64, "max_stages": 5,
+                "max_median_voxels": 4_000_000, "planned_for": "cpu"}
+GPU_DEFAULT_MEMORY_GB = 8.0
+
+
+def machine_planning(device_type: str, gpu_memory_gb: float | None) -> dict:
+    """``make_plan`` keywords for a training device ("cpu" or "cuda") and the configured budget (None: not set)."""
+    if gpu_memory_gb is not None:
+        return {"gpu_memory_budget_gb": float(gpu_memory_gb),
+                "planned_for": "gpu" if device_type == "cuda" else "cpu (gpu_memory_gb set)"}
+    if device_type == "cuda":
+        return {"gpu_memory_budget_gb": GPU_DEFAULT_MEMORY_GB, "planned_for": "gpu"}
+    return dict(CPU_PLANNING)
+
 
 @dataclass
 class CaseFingerprint:
@@ -77,7 +98,9 @@ class Plan:
     ct_std: float | None = None
     gpu_memory_budget_gb: float = 8.0
     estimated_memory_gb: float = 0.0
-    use_cascade: bool = False
+    # nnU-Net's rule: the patch holds under a quarter of the median image, so a low-resolution
+    # first stage would add context. A recommendation only; the served models are in /info.
+    cascade_recommended: bool = False
     n_training_cases: int = 0
     slice_axis: int | None = None  # 2D plans: the axis slices are taken along (patch size 1 there)
     # Fingerprint summary: foreground intensity statistics sampled from labeled voxels.
@@ -88,16 +111,28 @@ class Plan:
     previous_stage_channels: int = 0
     previous_stage_spacing_mm: list[float] | None = None
     modality_source: str = "conf"  # "dicom": the training images' Modality tags decided; "conf": --conf modality
+    planned_for: str = "gpu"  # the machine the plan was sized for: "gpu", "cpu" or "cpu (gpu_memory_gb set)"
+    data_spacing_mm: list[float] | None = None  # the data's own target spacing, when the machine coarsened it
 
     @property
     def n_classes(self) -> int:
         return max(self.labels.values()) + 1
+
+    def summary(self) -> dict:
+        """What a user checks first: resolution, patch, network size, and the machine it was sized for."""
+        return {"target_spacing_mm": self.target_spacing_mm, "data_spacing_mm": self.data_spacing_mm,
+                "patch_size_vox": self.patch_size_vox, "batch_size": self.batch_size, "features": self.features,
+                "normalization": self.normalization, "planned_for": self.planned_for,
+                "estimated_memory_gb": self.estimated_memory_gb}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
+        d = dict(d)
+        if "use_cascade" in d:  # plans written before the field said what it is
+            d["cascade_recommended"] = d.pop("use_cascade")
         return cls(**d)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -222,6 +257,18 @@ def lowres_spacing(cases: list[CaseFingerprint], spacing: list[float], budget_by
         sp = coarser
 
 
+def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_voxels: float) -> list[float]:
+    """The finest spacing (from ``spacing``, in 3% steps, fine axes first) whose median image fits ``max_voxels``."""
+    sp = np.asarray(spacing, dtype=float)
+    while np.prod(np.median(_shapes_at(cases, sp), axis=0)) > max_voxels:
+        ratio = sp.max() / sp
+        if np.any(ratio > 2):
+            sp[ratio > 2] *= LOWRES_SPACING_STEP
+        else:
+            sp *= LOWRES_SPACING_STEP
+    return [round(float(x), 4) for x in sp]
+
+
 def modality_of_cases(cases: list[CaseFingerprint], configured: str) -> tuple[str, str]:
     """(modality, source): the majority of the cases' DICOM modalities among CT and MR, else ``configured``.
 
@@ -252,6 +299,8 @@ def make_plan(
     max_stages: int = 6,
     patch_divisor: int = 1,
     stage: str = "fullres",
+    max_median_voxels: float | None = None,
+    planned_for: str = "gpu",
 ) -> Plan:
     """Plan from fingerprints. ``patch_divisor`` rounds the patch down to multiples a
     network needs (transformers: patch size x window x merges), at least one multiple.
@@ -265,7 +314,9 @@ def make_plan(
         raise ValueError("the cascade is 3D only")
     modality, modality_source = modality_of_cases(cases, modality)
     spacings = np.array([c.spacing_mm for c in cases])
-    spacing = target_spacing(spacings)
+    spacing = data_spacing = target_spacing(spacings)
+    if max_median_voxels:
+        spacing = coarsen_to_voxels(cases, spacing, max_median_voxels)
     max_features = max_features or (320 if spatial_dims == 3 else 512)
     budget = gpu_memory_budget_gb * 1024**3
     lowres = None
@@ -317,13 +368,15 @@ def make_plan(
         normalization="ct" if modality.upper() == "CT" else "zscore_per_image",
         gpu_memory_budget_gb=gpu_memory_budget_gb,
         estimated_memory_gb=round(estimate_memory_bytes(network_patch, strides, features, batch) / 1024**3, 3),
-        use_cascade=spatial_dims == 3 and bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
+        cascade_recommended=spatial_dims == 3 and bool(np.prod(patch) < 0.25 * np.prod(median_shape)),
         n_training_cases=len(cases),
         slice_axis=slice_axis,
         stage=stage,
         previous_stage_channels=len(labels) if stage == "cascade_fullres" else 0,
         modality_source=modality_source,
         previous_stage_spacing_mm=lowres if stage == "cascade_fullres" else None,
+        planned_for=planned_for,
+        data_spacing_mm=data_spacing if spacing != data_spacing else None,
     )
     if fg.size > 1:
         p005, p995 = np.percentile(fg, [0.5, 99.5])

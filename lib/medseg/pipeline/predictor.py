@@ -53,7 +53,7 @@ class Predictor:
     def prepare(self, volume: Volume, tta: bool) -> tuple[PreprocessedCase, dict]:
         """The network's input on the plan's grid, and the seconds each step took."""
         t0 = time.perf_counter()
-        case = preprocess(volume.array, volume.spacing_mm, self.plan)
+        case = preprocess(volume.array, volume.spacing_mm, self.plan, affine=volume.affine)
         return case, {"pre": round(time.perf_counter() - t0, 3)}
 
     def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:

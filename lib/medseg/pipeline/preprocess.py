@@ -1,9 +1,15 @@
 """Preprocessing shared by training and inference, and its exact inverse.
 
-crop to the nonzero region -> resample to the plan's spacing -> normalize.
-``PreprocessedCase`` remembers what the inverse needs to put a prediction back
-on the original grid (size, and through the untouched source header, spacing,
-origin and direction), including the border that cropping removed.
+reorient to RAS -> crop to the body or head -> normalize (MR: within it) -> resample
+to the plan's spacing. ``PreprocessedCase`` remembers what the inverse needs to put a
+prediction back on the original grid (orientation, size, and through the untouched
+source header, spacing, origin and direction), including the border that cropping
+removed.
+
+Reorienting first means a network sees anatomy in one axis order whatever the
+scanner wrote (RAS, LPS, a sagittal LIA acquisition), as nnU-Net does by
+transposing to a fixed axis order; only permutations and flips are applied, never
+an interpolation, so an oblique scan keeps its voxels (its closest axes are used).
 """
 from __future__ import annotations
 
@@ -15,12 +21,13 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from medseg.pipeline.foreground import foreground_mask, mask_bbox
 from medseg.pipeline.plan import ANISOTROPY_RATIO, Plan
 from medseg.pipeline.postprocess import class_argmax
 
-# Cropping removed "much" of the image when less than 3/4 of it stays; then the
-# per-image z-score uses only the nonzero mask (nnU-Net's use_mask_for_norm rule).
-MASK_NORM_MAX_KEPT_FRACTION = 0.75
+# Part of the training cache key: cached cases made by an older preprocessing are
+# not reused. 2: RAS reorientation and the intensity foreground (was: nonzero).
+PREPROCESSING_VERSION = 2
 
 
 @dataclass
@@ -31,6 +38,7 @@ class PreprocessedCase:
     bbox: tuple[tuple[int, int], ...]  # crop box in original voxels, [start, stop)
     cropped_shape: tuple[int, ...]
     foreground_vox: np.ndarray | None = None  # (N, 3) sample of foreground coordinates, for patch sampling
+    ornt: np.ndarray | None = None  # nibabel orientation taking the original array to RAS; None: not reoriented
 
     def __getstate__(self):
         # Cached cases are memory-mapped .npy files: send the file name, not the data, to
@@ -52,15 +60,44 @@ class PreprocessedCase:
 
 def nonzero_bbox(image: np.ndarray) -> tuple[tuple[int, int], ...]:
     """Bounding box of voxels != 0 (the whole image if it has none)."""
-    mask = image != 0
-    if not mask.any():
-        return tuple((0, s) for s in image.shape)
-    box = []
-    for axis in range(image.ndim):
-        other = tuple(a for a in range(image.ndim) if a != axis)
-        hit = np.where(mask.any(axis=other))[0]
-        box.append((int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
+    return mask_bbox(image != 0)
+
+
+def ras_orientation(affine: np.ndarray) -> np.ndarray:
+    """The axis permutation and flips (nibabel ``ornt``) that bring an array closest to RAS."""
+    import nibabel as nib
+
+    return nib.orientations.io_orientation(np.asarray(affine, dtype=float))
+
+
+def to_ras(array: np.ndarray, ornt: np.ndarray | None) -> np.ndarray:
+    """The first three axes of ``array`` permuted and flipped to RAS (a view where possible)."""
+    import nibabel as nib
+
+    if ornt is None:
+        return array
+    return nib.orientations.apply_orientation(array, ornt)
+
+
+def from_ras(array: np.ndarray, ornt: np.ndarray | None) -> np.ndarray:
+    """The inverse of ``to_ras``: back to the original axis order and directions."""
+    import nibabel as nib
+
+    if ornt is None:
+        return array
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
+                                           nib.orientations.axcodes2ornt(nib.orientations.ornt2axcodes(ornt)))
+    return np.ascontiguousarray(nib.orientations.apply_orientation(array, back))
+
+
+def ras_spacing(spacing_mm, ornt: np.ndarray | None) -> tuple[float, ...]:
+    """Voxel spacing in the RAS axis order ``to_ras`` produces."""
+    if ornt is None:
+        return tuple(float(s) for s in spacing_mm)
+    out = [0.0] * len(spacing_mm)
+    for axis, (target, _flip) in enumerate(ornt):
+        out[int(target)] = float(spacing_mm[axis])
+    return tuple(out)
 
 
 def _slices(bbox) -> tuple[slice, ...]:
@@ -111,6 +148,9 @@ def resample_label(label: np.ndarray, new_shape, n_classes: int) -> np.ndarray:
 
 
 def normalize(image: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> np.ndarray:
+    """CT: clip and scale with the dataset's foreground statistics. MR: z-score with the
+    statistics inside ``mask`` (the head), and 0 outside it, so background noise and
+    background level never reach the network (nnU-Net's use_mask_for_norm)."""
     if plan.normalization == "ct":
         lo, hi = plan.ct_clip
         return ((np.clip(image, lo, hi) - plan.ct_mean) / plan.ct_std).astype(np.float32)
@@ -122,11 +162,18 @@ def normalize(image: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> 
     return out.astype(np.float32)
 
 
-def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | None = None) -> PreprocessedCase:
-    bbox = nonzero_bbox(image)
+def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | None = None,
+               affine: np.ndarray | None = None) -> PreprocessedCase:
+    """The network's input (and a label's target) on the plan's grid. With ``affine`` the
+    arrays are first reoriented to RAS; the inverse functions undo it."""
+    ornt = ras_orientation(affine) if affine is not None else None
+    original_shape = tuple(image.shape)
+    image, spacing_mm = to_ras(image, ornt), ras_spacing(spacing_mm, ornt)
+    label = to_ras(label, ornt) if label is not None else None
+    foreground = foreground_mask(image, plan.modality)
+    bbox = mask_bbox(foreground)
     cropped = image[_slices(bbox)]
-    kept = cropped.size / image.size
-    mask = (cropped != 0) if kept < MASK_NORM_MAX_KEPT_FRACTION else None
+    mask = foreground[_slices(bbox)] if plan.normalization != "ct" else None
     new_shape = target_shape(cropped.shape, spacing_mm, plan.target_spacing_mm)
     # Normalize before resampling so that spline overshoot at the mask border is harmless.
     normalized = normalize(cropped, plan, mask)
@@ -137,9 +184,10 @@ def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | No
     return PreprocessedCase(
         image=resampled[None],
         label=out_label,
-        original_shape=tuple(image.shape),
+        original_shape=original_shape,
         bbox=bbox,
         cropped_shape=tuple(cropped.shape),
+        ornt=ornt,
     )
 
 
@@ -149,9 +197,9 @@ def invert_labels(probs: torch.Tensor, case: PreprocessedCase) -> np.ndarray:
     The same labels as the argmax of ``invert_probabilities``, but only the crop box is
     resampled and compared; the rest of the image is background.
     """
-    labels = np.zeros(case.original_shape, dtype=np.uint8)
+    labels = np.zeros(_ras_shape(case), dtype=np.uint8)
     labels[_slices(case.bbox)] = class_argmax(resample_probabilities(probs, case.cropped_shape))
-    return labels
+    return from_ras(labels, case.ornt)
 
 
 def invert_probabilities(probs: torch.Tensor, case: PreprocessedCase) -> torch.Tensor:
@@ -160,7 +208,16 @@ def invert_probabilities(probs: torch.Tensor, case: PreprocessedCase) -> torch.T
     Outside the crop box the prediction is background with probability 1.
     """
     back = resample_probabilities(probs, case.cropped_shape)
-    full = torch.zeros((probs.shape[0], *case.original_shape), dtype=back.dtype)
+    full = torch.zeros((probs.shape[0], *_ras_shape(case)), dtype=back.dtype)
     full[0] = 1.0
     full[(slice(None), *_slices(case.bbox))] = back
-    return full
+    if case.ornt is None:
+        return full
+    return torch.from_numpy(from_ras(full.movedim(0, -1).numpy(), case.ornt)).movedim(-1, 0)
+
+
+def _ras_shape(case: PreprocessedCase) -> tuple[int, ...]:
+    """The original grid's shape in RAS axis order (where the crop box lives)."""
+    if case.ornt is None:
+        return tuple(case.original_shape)
+    return tuple(int(n) for n in ras_spacing(case.original_shape, case.ornt))

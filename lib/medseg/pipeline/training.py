@@ -30,7 +30,7 @@ from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax, decide_largest_component
-from medseg.pipeline.preprocess import PreprocessedCase, preprocess
+from medseg.pipeline.preprocess import PREPROCESSING_VERSION, PreprocessedCase, preprocess
 from medseg.request_options import choice, flag, number
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ OPTION_BOUNDS = {
     "val_every": (-1, 100_000),
     "world_size": (0, 64),
 }
+
+
+FIRST_ITERATIONS_REPORTED = 3
 
 
 @dataclass
@@ -143,6 +146,7 @@ def _cache_key(image_path: str, label_path: str, plan: Plan) -> str:
     for p in (image_path, label_path):
         st = os.stat(p)
         h.update(f"{os.path.realpath(p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(f"preprocessing {PREPROCESSING_VERSION}".encode())
     h.update(plan.to_json().encode())
     return h.hexdigest()[:20]
 
@@ -177,12 +181,13 @@ def load_preprocessed(image_path: str, label_path: str, plan: Plan, cache_dir: P
                 bbox=tuple(tuple(b) for b in meta["bbox"]),
                 cropped_shape=tuple(meta["cropped_shape"]),
                 foreground_vox=np.load(case_dir / "foreground.npy"),
+                ornt=np.asarray(meta["ornt"]) if meta.get("ornt") is not None else None,
             )
     image = read_volume(image_path)
     label = read_volume(label_path, dtype=np.float32)
     if label.shape != image.shape:
         raise MedSegInputError(f"label {os.path.basename(label_path)} does not match its image's size")
-    case = preprocess(image.array, image.spacing_mm, plan, np.rint(label.array).astype(np.uint8))
+    case = preprocess(image.array, image.spacing_mm, plan, np.rint(label.array).astype(np.uint8), affine=image.affine)
     case.foreground_vox = foreground_voxels(case.label)
     if case_dir is not None:
         tmp = case_dir.with_name(case_dir.name + f".tmp{os.getpid()}")
@@ -193,6 +198,7 @@ def load_preprocessed(image_path: str, label_path: str, plan: Plan, cache_dir: P
         (tmp / "meta.json").write_text(json.dumps({
             "original_shape": list(case.original_shape), "bbox": [list(b) for b in case.bbox],
             "cropped_shape": list(case.cropped_shape), "image": os.path.realpath(image_path),
+            "ornt": case.ornt.tolist() if case.ornt is not None else None,
         }))
         try:
             os.replace(tmp, case_dir)  # atomic publish of the whole case folder
@@ -420,7 +426,9 @@ def train_network(
         scaler.update()
         loss_value = float(loss.detach())
         validate_now = bool(val_every) and (it + 1) % val_every == 0 and it + 1 < config.max_iterations
-        if (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations or validate_now:
+        # The first iterations are always reported: the status shows a run is moving within seconds.
+        first = it < FIRST_ITERATIONS_REPORTED
+        if first or (it + 1) % config.log_every == 0 or it + 1 == config.max_iterations or validate_now:
             entry = {"iteration": it + 1, "max_iterations": config.max_iterations, "loss": round(loss_value, 4),
                      "lr": round(lr, 6), "seconds": round(time.time() - start, 1),
                      # Epochs in nnU-Net's sense are arbitrary with random patches; this is

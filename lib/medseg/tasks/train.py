@@ -29,7 +29,7 @@ from medseg.pipeline.cascade import (
 )
 from medseg.pipeline.distributed import is_main_process, run_distributed
 from medseg.pipeline.fingerprint import fingerprint_files
-from medseg.pipeline.plan import Plan, make_plan
+from medseg.pipeline.plan import Plan, machine_planning, make_plan
 from medseg.pipeline.training import (
     TrainConfig,
     TrainResult,
@@ -124,7 +124,7 @@ class TrainProgress:
 
 class MedSegTrainTask(TrainTask):
     def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
-                 modality: str = "MR", gpu_memory_gb: float = 8.0,
+                 modality: str = "MR", gpu_memory_gb: float | None = None,
                  peers: list[tuple[ModelSpec, ModelStore]] | None = None, planning: dict | None = None):
         super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
         self.planning_defaults = dict(planning or {})  # make_plan keywords (scripts/train_shipped_model.py)
@@ -170,7 +170,10 @@ class MedSegTrainTask(TrainTask):
         logger.info("model selection on %d validation images: %s", len(val_pairs), selection["val_dice_per_label"])
 
     def planning(self, parent: dict | None) -> dict:
-        planning = {"gpu_memory_budget_gb": self.gpu_memory_gb, **self.planning_defaults, **self.spec.planning}
+        """``make_plan`` keywords: the machine's profile (``machine_planning``), the script's and the
+        model's own; fine-tuning keeps what its weights were planned with."""
+        machine = machine_planning(pick_device(self.device).type, self.gpu_memory_gb)
+        planning = {**machine, **self.planning_defaults, **self.spec.planning}
         if parent is not None:
             planning.update(parent.get("planning") or {})
         return planning
@@ -186,7 +189,7 @@ class MedSegTrainTask(TrainTask):
         """
         fingerprints = None
         if parent is None or force_replan or len(datalist) >= MIN_CASES_TO_REPLAN:
-            fingerprints = fingerprint_files(datalist)
+            fingerprints = fingerprint_files(datalist, modality=self.modality)
             fresh = make_plan(fingerprints, self.labels, modality=self.modality,
                               spatial_dims=self.spec.spatial_dims, **self.planning(parent))
         if parent is None:
@@ -248,9 +251,10 @@ class MedSegTrainTask(TrainTask):
         progress = TrainProgress(self.progress_path, {
             "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "pid": os.getpid(), **honesty,
-            "n_labels": len(datalist),
+            "n_labels": len(datalist), "plan": plan.summary(), "from_scratch": parent is None,
             "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
         progress.write()
+        print(json.dumps({"plan": progress.state["plan"], "from_scratch": parent is None}), flush=True)
         try:
             result, extra = self.fit(plan, parent, datalist, train_idx, val_idx, config, progress, fingerprints)
         except BaseException as e:  # killed or failed: say so, and leave the served weights alone
@@ -335,7 +339,7 @@ class CascadeTrainTask(MedSegTrainTask):
         if parent is not None:
             first_plan = plan_of(parent["lowres"])
         else:
-            first_plan = make_plan(fingerprints or fingerprint_files(datalist), self.labels, modality=self.modality,
+            first_plan = make_plan(fingerprints or fingerprint_files(datalist, modality=self.modality), self.labels, modality=self.modality,
                                    spatial_dims=3, **dict(self.planning(None), stage="lowres"))
         first_net = first_spec.build(first_plan)
         if parent is not None:
