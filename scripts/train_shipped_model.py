@@ -164,6 +164,10 @@ def main(argv=None) -> None:
                      + ", the original 1 mm template, and Colin27 (a real T1 head, with and without its skull)"),
         },
         "labels": TISSUE_LABELS,
+        "inputs_tested": ("T1-weighted MR of the head as a scanner delivers it (skull, neck and face; noise over the "
+                          "whole field of view; RAS, LPS, sagittal or coronal storage; 1-1.8 mm, or 1 mm in-plane with "
+                          "3-5 mm slices), and brain-extracted T1") if args.n_head else
+                         "brain-extracted T1-weighted MR (zero or noisy background), 1-1.8 mm",
         "target_spacing_mm": plan.target_spacing_mm,
         "patch_size_vox": plan.patch_size_vox,
         "parameters": parameters(spec, trained),
@@ -264,6 +268,7 @@ def render_card(card: dict) -> str:
 
 - **Data**: train: {card['data']['train']}; validation: {card['data']['validation']}; test: {card['data']['test']}.
 - **Labels**: {', '.join(f'{k} = {v}' for k, v in card['labels'].items())} (0 = background).
+- **Inputs it was tested on**: {card.get('inputs_tested', 'brain-extracted T1-weighted MR')}.
 - **Resolution**: target spacing {card['target_spacing_mm']} mm, patch {card['patch_size_vox']} voxels.
 - **Network**: {card['parameters']:,} parameters.
 {stages}- **Training budget**: {t['iterations']} iterations, batch {t['batch_size']}, {t.get('optimizer', 'sgd')} with learning rate {t['learning_rate']}, {t['seconds']} s, final loss {t['final_loss']}.

@@ -41,7 +41,7 @@ router = APIRouter()
 USER, ANNOTATOR, ADMIN = (settings.MONAI_LABEL_AUTH_ROLE_USER, settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR,
                           settings.MONAI_LABEL_AUTH_ROLE_ADMIN)
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".zip", ".dcm")
-LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".dcm")
 
 
 class UnknownTaskError(MedSegInputError):
@@ -93,7 +93,7 @@ def put_label(background_tasks: BackgroundTasks, image: str, params: str = Form(
     info = json_object(params, "params")
     if "source" in info:
         raise MedSegInputError("params source is set by the server (upload, restore, infer), not by clients")
-    suffix = _suffix(label, LABEL_SUFFIXES, "a NIfTI or NRRD label, or a Slicer .seg.nrrd")
+    suffix = _suffix(label, LABEL_SUFFIXES, "a NIfTI or NRRD label, a Slicer .seg.nrrd or a DICOM SEG")
     path = _save_upload(label, suffix, background_tasks)
     instance = app_instance()
     label_id = instance.datastore().save_label(image, path, tag or DefaultLabelTag.FINAL.value, info)

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 from medseg.errors import MedSegInputError, UnsupportedMediaError
-from medseg.imageio import LIMITS, NIFTI_SUFFIXES, GridLimits, Volume, read_volume
+from medseg.imageio import LIMITS, NIFTI_SUFFIXES, GridLimits, Volume, is_dicom_file, read_volume
 from medseg.nrrd_files import header_shape, is_nrrd, is_segmentation, read_header, read_segmentation_as_label
 
 
@@ -18,6 +18,13 @@ def stored_as_integers(path: str) -> bool:
     slope, inter = header.get_slope_inter()
     unscaled = slope in (None, 1.0) and inter in (None, 0.0)
     return np.issubdtype(header.get_data_dtype(), np.integer) and unscaled
+
+
+def norm_label_name(name: str) -> str:
+    """A label name as segment names are matched against it (DICOM SEG, Slicer .seg.nrrd): letters
+    and digits only, lower case, so "right lung", "right_lung" and "RightLung" are one name (and a
+    label list can be written on a command line without spaces)."""
+    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def label_dtype(labels: dict[str, int]):
@@ -92,8 +99,8 @@ def nifti_suffix(filename: str) -> str:
 
 
 def stored_suffix(filename: str) -> str:
-    """The suffix an upload is stored under: its NIfTI suffix; NRRD uploads are stored as .nii.gz."""
-    return ".nii.gz" if is_nrrd(filename) else nifti_suffix(filename)
+    """The suffix a label upload is stored under: its NIfTI suffix; NRRD and DICOM SEG become .nii.gz."""
+    return ".nii.gz" if is_nrrd(filename) or is_dicom_file(filename) else nifti_suffix(filename)
 
 
 def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int], expect_shape=None,
@@ -109,6 +116,12 @@ def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int],
     indices by name, and a segmentation cropped to its segments' extent is put in place.
     """
     what = "the uploaded label"
+    if is_dicom_file(path):
+        if reference is None:
+            raise MedSegInputError("a DICOM SEG label needs its image; submit it for a stored image")
+        from medseg.dicom.seg import read_seg
+
+        return Volume(read_seg(path, reference, app_labels), reference.affine.copy(), None)
     if is_nrrd(path):
         header, _ = read_header(path, what)
         if is_segmentation(path, header):

@@ -19,7 +19,6 @@ LPS, as in DICOM); the affine returned is RAS, like a NIfTI's.
 from __future__ import annotations
 
 import os
-import re
 import zlib
 
 import numpy as np
@@ -172,18 +171,12 @@ def merge_layers(data: np.ndarray, header: dict, what: str) -> np.ndarray:
     return merged
 
 
-def name_key(name: str) -> str:
-    """A label name as compared with segment names: lower case, runs of space/_/- as one space."""
-    return re.sub(r"[\s_\-]+", " ", str(name).strip().lower())
-
-
 def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference, what: str, limits=None):
     """A ``.seg.nrrd`` as a label ``Volume`` on ``reference``'s grid, values set by segment name.
 
     The file's own label values are ignored: each segment takes the app's index of the
-    label with its name (so Slicer's segment order does not matter); names match without
-    regard to case, and spaces, '_' and '-' are the same (``right_lung`` is "right lung",
-    so label names can be written on a command line without quotes). A segment whose
+    label with its name (so Slicer's segment order does not matter), matched as
+    ``medseg.labels.norm_label_name`` does (``right_lung`` is "right lung"). A segment whose
     name is not one of the app's labels is refused, naming them. A segmentation that
     covers part of its image (Slicer's cropped extent, same spacing and directions) is
     put in place on the full grid.
@@ -198,8 +191,10 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
     listed = segments(header)
     if not listed:
         raise MedSegInputError(f"{what} lists no segments (SegmentN_Name / SegmentN_LabelValue)")
-    by_key = {name_key(name): index for name, index in app_labels.items()}
-    unknown = sorted({s["name"] for s in listed if name_key(s["name"]) not in by_key})
+    from medseg.labels import norm_label_name
+
+    by_key = {norm_label_name(name): index for name, index in app_labels.items()}
+    unknown = sorted({s["name"] for s in listed if norm_label_name(s["name"]) not in by_key})
     if unknown:
         raise MedSegInputError(f"segments {unknown} of {what} are not labels of this app; its labels are "
                                f"{sorted(app_labels)} (rename the segments, or start the server with them "
@@ -212,7 +207,7 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
     for seg in listed:
         if not 0 <= seg["layer"] < layers.shape[0]:
             raise MedSegInputError(f"segment {seg['name']!r} of {what} names layer {seg['layer']}, which is not there")
-        label[layers[seg["layer"]] == seg["value"]] = by_key[name_key(seg["name"])]
+        label[layers[seg["layer"]] == seg["value"]] = by_key[norm_label_name(seg["name"])]
     return Volume(array=_on_reference_grid(label, affine, reference, what), affine=reference.affine.copy(),
                   header=None)
 

@@ -109,6 +109,19 @@ def test_output_dicom_seg_reads_back_into_the_same_label(dicom_server, mr_label)
     np.testing.assert_array_equal(read_seg(seg, source, LABELS), pred)
 
 
+def test_a_dicom_seg_submitted_as_a_label_is_stored_as_its_label_map(dicom_server, mr_label, tmp_path):
+    pred, _, _ = mr_label
+    r = requests.post(f"{dicom_server.url}/infer/unet3d", params={"image": "heldout_mr", "output": "dicom_seg"},
+                      timeout=600)
+    (tmp_path / "seg.dcm").write_bytes(r.content)
+    with open(tmp_path / "seg.dcm", "rb") as f:
+        r = requests.put(f"{dicom_server.url}/datastore/label", params={"image": "heldout_mr", "tag": "seg_upload"},
+                         files={"label": ("seg.dcm", f)}, data={"params": "{}"}, timeout=120)
+    assert r.status_code == 200, r.text
+    stored = dicom_server.studies / "labels" / "seg_upload" / "heldout_mr.nii.gz"
+    np.testing.assert_array_equal(np.asarray(nib.load(stored).dataobj), pred)
+
+
 def test_output_dicom_seg_on_a_ct_series(dicom_server):
     r = requests.post(f"{dicom_server.url}/infer/unet3d", params={"image": "heldout_ct", "output": "dicom_seg"},
                       timeout=600)

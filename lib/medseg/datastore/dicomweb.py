@@ -288,7 +288,7 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
             return "it has no ReferencedSeriesSequence"
         if seg.referenced_series not in images:
             return f"it references series {seg.referenced_series}, which is not a listed image"
-        from medseg.dicom.seg import norm_label_name  # the name matching read_seg applies
+        from medseg.labels import norm_label_name  # the name matching read_seg applies
 
         declared = {norm_label_name(n) for n in self.labels}
         unknown = [n for n in seg.segment_labels if norm_label_name(n) not in declared]

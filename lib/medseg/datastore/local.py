@@ -461,7 +461,8 @@ class MedSegLocalDatastore(LocalDatastore):
         # commit copies it in), so the file watcher never sees it.
         with tempfile.TemporaryDirectory(prefix="medseg-label-") as tmp:
             staged = label_filename
-            if label_info.get("label_info") or is_nrrd(label_filename) or not stored_as_integers(label_filename):
+            converted = is_nrrd(label_filename) or is_dicom_file(label_filename)  # stored as NIfTI
+            if label_info.get("label_info") or converted or not stored_as_integers(label_filename):
                 staged = os.path.join(tmp, f"label{label_ext}")
                 dtype = label_dtype(self.labels)
                 write_like(staged, label.array.astype(dtype), label, dtype=dtype)

@@ -25,6 +25,7 @@ import numpy as np
 
 from medseg.errors import MedSegInputError
 from medseg.imageio import Volume
+from medseg.labels import norm_label_name
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -165,10 +166,6 @@ def write_seg(label: np.ndarray, source: Volume, labels: dict[str, int], path: s
             os.unlink(tmp)
         raise
     return path
-
-
-def norm_label_name(name: str) -> str:
-    return "".join(ch for ch in str(name).lower() if ch.isalnum())
 
 
 def read_seg(path_or_dataset, source: Volume, labels: dict[str, int]) -> np.ndarray:

@@ -13,7 +13,8 @@ from scipy import ndimage
 
 
 def class_argmax(scores, axis: int = 0) -> np.ndarray:
-    """Index of the highest class score along ``axis`` as uint8 (ties go to the lower index).
+    """Index of the highest class score along ``axis`` as uint8, or uint16 beyond 256 classes
+    (ties go to the lower index).
 
     Same result as ``argmax`` for finite scores (softmax and resampling give NaN in every
     class of a voxel or in none; such a voxel gets 0 here and from argmax). torch's CPU
@@ -22,15 +23,16 @@ def class_argmax(scores, axis: int = 0) -> np.ndarray:
     vectorized. Every prediction path turns probabilities into labels through here.
     """
     scores = torch.as_tensor(scores).movedim(axis, 0)
-    if scores.shape[0] > 256:
-        raise ValueError(f"{scores.shape[0]} classes do not fit uint8 labels")
+    if scores.shape[0] > 65536:
+        raise ValueError(f"{scores.shape[0]} classes do not fit uint16 labels")
     best = scores[0].clone()
-    index = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    # torch has no uint16 masked_fill on every version: int32 there, narrowed at the end.
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8 if scores.shape[0] <= 256 else torch.int32)
     for c in range(1, scores.shape[0]):
         higher = scores[c] > best
         index.masked_fill_(higher, c)
         torch.maximum(best, scores[c], out=best)
-    return index.numpy()
+    return index.numpy() if index.dtype == torch.uint8 else index.numpy().astype(np.uint16)
 
 
 def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:

@@ -191,14 +191,47 @@ def preprocess(image: np.ndarray, spacing_mm, plan: Plan, label: np.ndarray | No
     )
 
 
+# Output slices resampled at once by ``labels_on_grid``: (C, X, Y, 8) float32 at a time.
+LABEL_SLAB_SLICES = 8
+
+
+def labels_on_grid(probs: torch.Tensor, shape) -> np.ndarray:
+    """``class_argmax(resample_probabilities(probs, shape))`` without the (C, *shape) float maps.
+
+    A 512x512x300 CT with 20 labels would need 6 GB for them. Trilinear interpolation
+    is separable, so each slab of output slices is blended along the last axis from its
+    two source slices, resized in-plane, and reduced to labels at once; the source
+    coordinates follow torch's ``align_corners=False`` rule, so the labels are the same.
+    """
+    if probs.ndim != 4 or tuple(probs.shape[1:]) == tuple(shape):
+        return class_argmax(resample_probabilities(probs, shape))
+    depth, out = probs.shape[3], None
+    for z0 in range(0, shape[2], LABEL_SLAB_SLICES):
+        z = torch.arange(z0, min(shape[2], z0 + LABEL_SLAB_SLICES), dtype=torch.float64)
+        source = ((z + 0.5) * (depth / shape[2]) - 0.5).clamp_min(0)
+        low = source.floor().long().clamp_max(depth - 1)
+        high = (low + 1).clamp_max(depth - 1)
+        weight = (source - low).float()
+        blend = probs[..., low].float() * (1 - weight) + probs[..., high].float() * weight  # (C, X, Y, B)
+        planes = F.interpolate(blend.permute(3, 0, 1, 2), size=tuple(shape[:2]), mode="bilinear",
+                               align_corners=False)
+        slab = class_argmax(planes, axis=1)  # (B, X, Y)
+        if out is None:
+            out = np.empty(tuple(shape), dtype=slab.dtype)
+        out[..., z0:z0 + slab.shape[0]] = np.moveaxis(slab, 0, -1)
+    return out
+
+
 def invert_labels(probs: torch.Tensor, case: PreprocessedCase) -> np.ndarray:
-    """(C, *target-spacing grid) class probabilities -> uint8 labels on the original grid.
+    """(C, *target-spacing grid) class probabilities -> labels on the original grid (uint8, or
+    uint16 beyond 256 classes).
 
     The same labels as the argmax of ``invert_probabilities``, but only the crop box is
-    resampled and compared; the rest of the image is background.
+    resampled, a slab at a time (``labels_on_grid``); the rest of the image is background.
     """
-    labels = np.zeros(_ras_shape(case), dtype=np.uint8)
-    labels[_slices(case.bbox)] = class_argmax(resample_probabilities(probs, case.cropped_shape))
+    inside = labels_on_grid(probs, case.cropped_shape)
+    labels = np.zeros(_ras_shape(case), dtype=inside.dtype)
+    labels[_slices(case.bbox)] = inside
     return from_ras(labels, case.ornt)
 
 

@@ -70,7 +70,7 @@ class VolumeInferTask(InferTask):
             write_like(out_path, prediction.probabilities, volume, dtype=np.float32)
         else:
             output = "labels"
-            write_like(out_path, prediction.labels, volume)
+            write_like(out_path, prediction.labels, volume, dtype=prediction.labels.dtype)
         return out_path, {
             "label_names": dict(self.labels),
             "latencies": prediction.latencies_s,
