@@ -67,8 +67,9 @@ def test_class_argmax_matches_argmax_on_any_axis_and_breaks_ties_low():
     channels_last = np.moveaxis(scores, 0, -1)
     assert np.array_equal(class_argmax(channels_last, axis=-1), channels_last.argmax(-1))
     assert class_argmax(torch.from_numpy(scores)).dtype == np.uint8
-    with pytest.raises(ValueError, match="uint8"):
-        class_argmax(np.zeros((300, 2)))
+    wide = np.zeros((300, 2))
+    wide[299, 1] = 1.0
+    assert class_argmax(wide).dtype == np.uint16 and class_argmax(wide).tolist() == [0, 299]
 
 
 def test_mirror_tta_is_consistent_for_a_symmetric_input():
@@ -304,3 +305,39 @@ def test_slab_wise_labels_equal_the_full_resampling_and_use_uint16_beyond_255_la
     assert (slabs == full).mean() > 0.999  # float rounding may break an exact tie differently
     down = labels_on_grid(probs, (5, 6, 3))
     assert (down == class_argmax(resample_probabilities(probs, (5, 6, 3)))).mean() > 0.99
+
+
+def test_label_resampling_one_class_at_a_time_equals_the_one_hot_argmax():
+    import torch.nn.functional as F
+
+    from medseg.pipeline.preprocess import resample_label, resample_probabilities
+
+    label = np.random.default_rng(0).integers(0, 5, (20, 22, 9)).astype(np.uint8)
+    label[label == 3] = 0  # an absent class
+    onehot = F.one_hot(torch.from_numpy(label.astype(np.int64)), 5).permute(3, 0, 1, 2).float()
+    for shape in [(13, 15, 20), (31, 30, 5)]:
+        assert np.array_equal(resample_label(label, shape, 5), class_argmax(resample_probabilities(onehot, shape)))
+
+
+def test_a_cpu_plan_keeps_the_data_spacing_when_the_images_are_small_enough():
+    from medseg.pipeline.plan import machine_planning
+
+    cases = [CaseFingerprint("chest", [3.0469, 3.0469, 10.0], [128, 128, 34], [0.0, 50.0], "CT")]
+    plan = make_plan(cases, LABELS, modality="CT", **machine_planning("cpu", None))
+    assert plan.target_spacing_mm == [3.0469, 3.0469, 10.0] and plan.data_spacing_mm is None
+
+
+def test_lateralized_labels_are_never_mirrored_left_right():
+    from medseg.pipeline.augment import mirror
+    from medseg.pipeline.plan import is_lateralized
+
+    assert is_lateralized({"left_lung": 1, "right lung": 2}) and is_lateralized({"hippocampus_l": 1})
+    assert not is_lateralized({"grey_matter": 1, "lumbar_vertebral_column": 2, "cleft": 3})
+    cases = [CaseFingerprint("x", [1.0, 1.0, 1.0], [40, 40, 40], [1.0])]
+    plan = make_plan(cases, {"left_lung": 1, "right_lung": 2}, gpu_memory_budget_gb=0.01, base_features=4)
+    assert plan.mirror_axes == [1, 2] and make_plan(cases, LABELS, gpu_memory_budget_gb=0.01).mirror_axes is None
+    assert len(mirror_axes_subsets(3, plan.patch_size_vox, plan.mirror_axes)) == 4
+    image, label = torch.arange(8.0).reshape(1, 2, 2, 2), torch.arange(8).reshape(2, 2, 2)
+    for seed in range(20):
+        flipped, lab = mirror(image, label, torch.Generator().manual_seed(seed), plan.mirror_axes)
+        assert torch.equal(flipped[0, :, 0, 0].sort().values, flipped[0, :, 0, 0])  # axis 0 never reversed

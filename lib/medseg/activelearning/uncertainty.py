@@ -97,7 +97,7 @@ def epistemic_score(predictor: Predictor, volume, passes: int = 5, p: float = 0.
 def tta_variants(predictor: Predictor, n: int) -> list[Callable]:
     """The first ``n`` of: identity, single-axis flips (axes the patch spans), intensity changes."""
     patch = predictor.plan.patch_size_vox
-    flips = [axes for axes in mirror_axes_subsets(len(patch), patch) if len(axes) == 1]
+    flips = [axes for axes in mirror_axes_subsets(len(patch), patch, predictor.plan.mirror_axes) if len(axes) == 1]
 
     def run(x):
         return predict_probabilities(predictor.network, x, patch, device=predictor.device)

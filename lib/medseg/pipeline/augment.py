@@ -154,21 +154,22 @@ def _gamma(x: torch.Tensor, gamma: float) -> torch.Tensor:
     return (y - y.mean()) / y.std().clamp_min(1e-7) * std + mean
 
 
-def mirror(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator):
+def mirror(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator, axes=None):
+    """Flip each spatial axis (0-based; None: all) with probability 0.5."""
     for axis in range(1, image.ndim):
-        if torch.rand(1, generator=gen).item() < 0.5:
+        if torch.rand(1, generator=gen).item() < 0.5 and (axes is None or axis - 1 in axes):
             image = torch.flip(image, (axis,))
             label = torch.flip(label, (axis - 1,))
     return image, label
 
 
 def augment_sample(image: torch.Tensor, label: torch.Tensor, gen: torch.Generator,
-                   references: list[torch.Tensor] | None = None, p_histogram=0.2):
+                   references: list[torch.Tensor] | None = None, p_histogram=0.2, mirror_axes=None):
     image, label = spatial_transform(image, label, gen)
     image, label = elastic_transform(image, label, gen)
     if references and torch.rand(1, generator=gen).item() < p_histogram:
         ref = references[int(torch.randint(len(references), (1,), generator=gen))]
         image = histogram_match(image, ref)
     image = intensity_transform(image, gen)
-    image, label = mirror(image, label, gen)
+    image, label = mirror(image, label, gen, mirror_axes)
     return image.contiguous(), label.contiguous()

@@ -16,13 +16,15 @@ WINDOW_OVERLAP = 0.5
 GAUSSIAN_SIGMA_SCALE = 0.125
 
 
-def mirror_axes_subsets(spatial_dims: int, patch_size=None) -> list[tuple[int, ...]]:
+def mirror_axes_subsets(spatial_dims: int, patch_size=None, allowed=None) -> list[tuple[int, ...]]:
     """All subsets of the spatial axes (as tensor dims of a (B, C, *spatial) batch).
 
     Axes where the patch is a single voxel (the slice axis of a 2D model) are not
-    mirrored: 2D models get nnU-Net's 4 in-plane flips.
+    mirrored: 2D models get nnU-Net's 4 in-plane flips. ``allowed`` (spatial axes, the
+    plan's ``mirror_axes``) leaves out the others: left-right for lateralized labels.
     """
-    axes = [2 + a for a in range(spatial_dims) if patch_size is None or patch_size[a] > 1]
+    axes = [2 + a for a in range(spatial_dims) if (patch_size is None or patch_size[a] > 1)
+            and (allowed is None or a in allowed)]
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
@@ -34,13 +36,14 @@ def predict_probabilities(
     mirror: bool = False,
     sw_batch_size: int = 2,
     device: torch.device | str = "cpu",
+    mirror_axes=None,
 ) -> torch.Tensor:
     """Softmax probabilities (C, *spatial) for one preprocessed image (channels, *spatial)."""
     device = torch.device(device)
     network.eval()
     batch = image[None].to(device)
     use_amp = device.type == "cuda"
-    subsets = mirror_axes_subsets(len(patch_size), patch_size) if mirror else [()]
+    subsets = mirror_axes_subsets(len(patch_size), patch_size, mirror_axes) if mirror else [()]
     total = None
     for axes in subsets:
         x = torch.flip(batch, axes) if axes else batch
@@ -56,8 +59,22 @@ def predict_probabilities(
                 padding_mode="constant",
                 cval=0.0,
             )
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = softmax_(logits.float(), dim=1)
         if axes:
             probs = torch.flip(probs, axes)
-        total = probs if total is None else total + probs
-    return (total / len(subsets))[0].cpu()
+        if total is None:
+            total = probs
+        else:
+            total += probs
+    if len(subsets) > 1:
+        total /= len(subsets)
+    return total[0].cpu()
+
+
+def softmax_(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax computed in place: with 100+ classes on a whole CT the class maps are gigabytes,
+    and ``torch.softmax`` plus the averaging would hold two more copies of them."""
+    x -= x.amax(dim=dim, keepdim=True)
+    x.exp_()
+    x /= x.sum(dim=dim, keepdim=True)
+    return x

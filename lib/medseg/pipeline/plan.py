@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,9 @@ class Plan:
     modality_source: str = "conf"  # "dicom": the training images' Modality tags decided; "conf": --conf modality
     planned_for: str = "gpu"  # the machine the plan was sized for: "gpu", "cpu" or "cpu (gpu_memory_gb set)"
     data_spacing_mm: list[float] | None = None  # the data's own target spacing, when the machine coarsened it
+    # Axes mirroring may flip (augmentation and TTA); None: all. Arrays are in RAS order, so
+    # axis 0 is left-right, which lateralized labels (left lung, right kidney) must keep.
+    mirror_axes: list[int] | None = None
 
     @property
     def n_classes(self) -> int:
@@ -260,6 +264,8 @@ def lowres_spacing(cases: list[CaseFingerprint], spacing: list[float], budget_by
 def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_voxels: float) -> list[float]:
     """The finest spacing (from ``spacing``, in 3% steps, fine axes first) whose median image fits ``max_voxels``."""
     sp = np.asarray(spacing, dtype=float)
+    if np.prod(np.median(_shapes_at(cases, sp), axis=0)) <= max_voxels:
+        return list(spacing)
     while np.prod(np.median(_shapes_at(cases, sp), axis=0)) > max_voxels:
         ratio = sp.max() / sp
         if np.any(ratio > 2):
@@ -267,6 +273,18 @@ def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_vo
         else:
             sp *= LOWRES_SPACING_STEP
     return [round(float(x), 4) for x in sp]
+
+
+LATERAL_WORDS = ("left", "right")
+
+
+def is_lateralized(labels: dict[str, int]) -> bool:
+    """True when a label names a side ("left_lung", "Right kidney", "hippocampus_l")."""
+    for name in labels:
+        words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
+        if any(w in LATERAL_WORDS for w in words) or (len(words) > 1 and words[-1] in ("l", "r")):
+            return True
+    return False
 
 
 def modality_of_cases(cases: list[CaseFingerprint], configured: str) -> tuple[str, str]:
@@ -377,6 +395,7 @@ def make_plan(
         previous_stage_spacing_mm=lowres if stage == "cascade_fullres" else None,
         planned_for=planned_for,
         data_spacing_mm=data_spacing if spacing != data_spacing else None,
+        mirror_axes=[1, 2] if is_lateralized(labels) else None,
     )
     if fg.size > 1:
         p005, p995 = np.percentile(fg, [0.5, 99.5])

@@ -61,7 +61,8 @@ class Predictor:
         case, latencies = self.prepare(volume, tta)
         t1 = time.perf_counter()
         probs = predict_probabilities(
-            self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device
+            self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device,
+            mirror_axes=self.plan.mirror_axes,
         )
         t2 = time.perf_counter()
         # Class index c is label value c: plans declare labels as 1..n (see labels.py).

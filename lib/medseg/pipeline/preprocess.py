@@ -139,12 +139,30 @@ def resample_probabilities(probs: torch.Tensor, new_shape) -> torch.Tensor:
 
 
 def resample_label(label: np.ndarray, new_shape, n_classes: int) -> np.ndarray:
-    """Labels: linear interpolation of the one-hot maps, then argmax (no staircase shrinking)."""
+    """Labels: linear interpolation of the one-hot maps, then argmax (no staircase shrinking).
+
+    One class at a time, keeping the running best on the new grid: the one-hot of a
+    512x512x300 label with 20 classes would need 13 GB as int64 (F.one_hot), one class
+    map is 300 MB. Classes absent from the label score 0 everywhere and can never win,
+    so they are skipped; ties go to the lower class, as in ``class_argmax``.
+    """
+    dtype = np.uint8 if n_classes <= 256 else np.uint16
     if tuple(label.shape) == tuple(new_shape):
-        return label.astype(np.uint8, copy=False)
-    lab = torch.from_numpy(label.astype(np.int64))
-    onehot = F.one_hot(lab, n_classes).permute(label.ndim, *range(label.ndim)).float()
-    return class_argmax(resample_probabilities(onehot, new_shape))
+        return label.astype(dtype, copy=False)
+    index = np.zeros(tuple(new_shape), dtype=dtype)
+    best = None
+    for c in (int(v) for v in np.unique(label)):
+        if not 0 <= c < n_classes:
+            continue
+        score = resample_probabilities(torch.from_numpy((label == c).astype(np.float32))[None], new_shape)[0]
+        if best is None:
+            best = score
+            index[:] = c
+            continue
+        higher = (score > best).numpy()
+        index[higher] = c
+        torch.maximum(best, score, out=best)
+    return index
 
 
 def normalize(image: np.ndarray, plan: Plan, mask: np.ndarray | None = None) -> np.ndarray:

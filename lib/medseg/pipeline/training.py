@@ -313,7 +313,7 @@ def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> tupl
     preds = []
     for case in cases:
         probs = predict_probabilities(network, torch.from_numpy(np.array(case.image)), plan.patch_size_vox,
-                                      device=device)
+                                      device=device, mirror_axes=plan.mirror_axes)
         preds.append(class_argmax(probs))
     return mean_dice_per_label(preds, [c.label for c in cases], plan.labels), preds
 
@@ -332,13 +332,17 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def augment_batch(images, labels, gen, references, slice_axis: int | None):
-    """Augment each sample; 2D plans augment the in-plane slice (the slice axis has size 1)."""
+def augment_batch(images, labels, gen, references, slice_axis: int | None, mirror_axes=None):
+    """Augment each sample; 2D plans augment the in-plane slice (the slice axis has size 1).
+    ``mirror_axes`` (the plan's, 3D axes) are the only ones flipped."""
+    if slice_axis is not None and mirror_axes is not None:
+        inplane = [a for a in range(3) if a != slice_axis]
+        mirror_axes = [i for i, a in enumerate(inplane) if a in mirror_axes]
     out_images, out_labels = [], []
     for img, lab in zip(images, labels):
         if slice_axis is not None:
             img, lab = img.squeeze(1 + slice_axis), lab.squeeze(slice_axis)
-        img, lab = augment_sample(img, lab, gen, references)
+        img, lab = augment_sample(img, lab, gen, references, mirror_axes=mirror_axes)
         if slice_axis is not None:
             img, lab = img.unsqueeze(1 + slice_axis), lab.unsqueeze(slice_axis)
         out_images.append(img)
@@ -411,7 +415,7 @@ def train_network(
             group["lr"] = lr
         images, labels = sampler.batch(batch_size)
         if config.augment:
-            images, labels = augment_batch(images, labels, gen, references, plan.slice_axis)
+            images, labels = augment_batch(images, labels, gen, references, plan.slice_axis, plan.mirror_axes)
         if previous_stage is not None:
             images = torch.cat([images, previous_stage(labels)], dim=1)
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
