@@ -128,13 +128,10 @@ def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int],
             if reference is None:
                 raise MedSegInputError("a .seg.nrrd label needs its image; submit it for a stored image")
             return read_segmentation_as_label(path, app_labels, reference, what, limits)
-        if expect_shape is not None and header_shape(header, what) != tuple(expect_shape):
-            raise MedSegInputError(f"label size {list(header_shape(header, what))} differs from the image size "
-                                   f"{list(expect_shape)}; export the label on the image's grid")
     else:
         nifti_suffix(path)
-        if expect_shape is not None:
-            _check_header_shape(path, tuple(expect_shape))
+    if expect_shape is not None:
+        _check_header_shape(path, tuple(expect_shape))
     label = read_volume(path, what=what, limits=limits)
     mapping = (label_info or {}).get("label_info")
     if mapping:
@@ -145,10 +142,14 @@ def read_uploaded_label(path: str, label_info: dict, app_labels: dict[str, int],
 def _check_header_shape(path: str, expect: tuple[int, ...]) -> None:
     import nibabel as nib
 
-    try:
-        shape = tuple(int(n) for n in nib.load(path).shape)
-    except Exception as e:  # nibabel raises many types for corrupt input
-        raise MedSegInputError(f"cannot read the uploaded label as a NIfTI image: {e}") from e
+    if is_nrrd(path):
+        what = "the uploaded label"
+        shape = header_shape(read_header(path, what)[0], what)
+    else:
+        try:
+            shape = tuple(int(n) for n in nib.load(path).shape)
+        except Exception as e:  # nibabel raises many types for corrupt input
+            raise MedSegInputError(f"cannot read the uploaded label as a NIfTI image: {e}") from e
     shape = shape[:3] if len(shape) == 4 and shape[3] == 1 else shape
     if shape != expect:
         raise MedSegInputError(f"label size {list(shape)} differs from the image size {list(expect)}; "

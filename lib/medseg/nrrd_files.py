@@ -158,13 +158,19 @@ def segments(header: dict) -> list[dict]:
     return out
 
 
+def _layers(data: np.ndarray, header: dict, what: str) -> np.ndarray:
+    """A segmentation's voxels as (layer, *spatial): one layer when the file is 3D."""
+    if data.ndim == 3:
+        return data[None]
+    spatial = _spatial_axes(header, what)
+    return np.moveaxis(data, [a for a in range(data.ndim) if a not in spatial][0], 0)
+
+
 def merge_layers(data: np.ndarray, header: dict, what: str) -> np.ndarray:
     """One label map (the file's own values) from a segmentation's layers; later segments win."""
-    spatial = _spatial_axes(header, what)
     if data.ndim == 3:
         return data.astype(np.int32)
-    layer_axis = [a for a in range(data.ndim) if a not in spatial]
-    layers = np.moveaxis(data, layer_axis[0], 0)
+    layers = _layers(data, header, what)
     merged = np.zeros(layers.shape[1:], dtype=np.int32)
     for seg in segments(header):
         merged[layers[seg["layer"]] == seg["value"]] = seg["value"]
@@ -191,7 +197,7 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
     listed = segments(header)
     if not listed:
         raise MedSegInputError(f"{what} lists no segments (SegmentN_Name / SegmentN_LabelValue)")
-    from medseg.labels import norm_label_name
+    from medseg.labels import label_dtype, norm_label_name
 
     by_key = {norm_label_name(name): index for name, index in app_labels.items()}
     unknown = sorted({s["name"] for s in listed if norm_label_name(s["name"]) not in by_key})
@@ -199,11 +205,8 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
         raise MedSegInputError(f"segments {unknown} of {what} are not labels of this app; its labels are "
                                f"{sorted(app_labels)} (rename the segments, or start the server with them "
                                "in --conf labels)")
-    data = read_data(path, header, offset, what)
-    spatial = _spatial_axes(header, what)
-    layers = data[None] if data.ndim == 3 else np.moveaxis(data, [a for a in range(data.ndim) if a not in spatial][0], 0)
-    dtype = np.uint8 if max(app_labels.values()) <= 255 else np.uint16
-    label = np.zeros(shape, dtype=dtype)
+    layers = _layers(read_data(path, header, offset, what), header, what)
+    label = np.zeros(shape, dtype=label_dtype(app_labels))
     for seg in listed:
         if not 0 <= seg["layer"] < layers.shape[0]:
             raise MedSegInputError(f"segment {seg['name']!r} of {what} names layer {seg['layer']}, which is not there")

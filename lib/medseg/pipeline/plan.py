@@ -250,15 +250,21 @@ def lowres_spacing(cases: list[CaseFingerprint], spacing: list[float], budget_by
                                         max_features, max_stages)[0]
         if np.prod(patch) >= LOWRES_MIN_PATCH_COVERAGE * np.prod(median):
             return [float(x) for x in sp]
-        coarser = sp.copy()
-        ratio = sp.max() / sp
-        if np.any(ratio > 2):
-            coarser[ratio > 2] *= LOWRES_SPACING_STEP  # bring the fine axes towards the coarse one first
-        else:
-            coarser *= LOWRES_SPACING_STEP
+        coarser = coarser_step(sp)
         if np.any(coarser > LOWRES_MAX_SPACING_FACTOR * full):
             return [float(x) for x in sp]
         sp = coarser
+
+
+def coarser_step(spacing: np.ndarray) -> np.ndarray:
+    """One 3% coarsening step; on anisotropic data only the fine axes, towards the coarse one."""
+    coarser = np.asarray(spacing, dtype=float).copy()
+    ratio = coarser.max() / coarser
+    if np.any(ratio > 2):
+        coarser[ratio > 2] *= LOWRES_SPACING_STEP
+    else:
+        coarser *= LOWRES_SPACING_STEP
+    return coarser
 
 
 def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_voxels: float) -> list[float]:
@@ -267,11 +273,7 @@ def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_vo
     if np.prod(np.median(_shapes_at(cases, sp), axis=0)) <= max_voxels:
         return list(spacing)
     while np.prod(np.median(_shapes_at(cases, sp), axis=0)) > max_voxels:
-        ratio = sp.max() / sp
-        if np.any(ratio > 2):
-            sp[ratio > 2] *= LOWRES_SPACING_STEP
-        else:
-            sp *= LOWRES_SPACING_STEP
+        sp = coarser_step(sp)
     return [round(float(x), 4) for x in sp]
 
 

@@ -85,8 +85,7 @@ def from_ras(array: np.ndarray, ornt: np.ndarray | None) -> np.ndarray:
 
     if ornt is None:
         return array
-    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"),
-                                           nib.orientations.axcodes2ornt(nib.orientations.ornt2axcodes(ornt)))
+    back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt("RAS"), ornt)
     return np.ascontiguousarray(nib.orientations.apply_orientation(array, back))
 
 
