@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from importlib import resources
@@ -31,7 +30,7 @@ import requests
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_info, update_readme_table  # noqa: E402
+from common import start_run, update_readme_table  # noqa: E402
 from server import BenchServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,12 +77,8 @@ def main(argv=None) -> None:
     from medseg.imageio import read_volume
     from medseg.nrrd_files import read_segmentation_as_label
 
-    info = machine_info()
-    info["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
     work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    studies = work / "studies"
-    studies.mkdir(parents=True)
+    info, studies = start_run(work)
     ct = read_volume(str(DATA / "CTChest4.nrrd"))
     truth = read_segmentation_as_label(str(DATA / "Segmentation.seg.nrrd"), LABELS, ct, "the segmentation").array
     copies = []

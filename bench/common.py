@@ -34,6 +34,18 @@ def machine_info() -> dict:
     }
 
 
+def start_run(work: Path) -> tuple[dict, Path]:
+    """(machine description with the load before the run, an empty studies folder under ``work``)."""
+    import shutil
+
+    info = machine_info()
+    info["load_average_before"] = [round(x, 2) for x in os.getloadavg()]
+    shutil.rmtree(work, ignore_errors=True)
+    studies = Path(work) / "studies"
+    studies.mkdir(parents=True)
+    return info, studies
+
+
 def update_readme_table(readme: Path, key: str, header: list[str], rows: list[list[str]], caption: str) -> None:
     """Replace the block between <!-- key:start --> and <!-- key:end --> with a generated table."""
     lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -26,7 +26,9 @@ from medseg.datastore.local import STUDY_FILE_PATTERNS, MedSegLocalDatastore
 from medseg.errors import MedSegInputError, UnknownImageError, UnknownModelError
 from medseg.ids import image_id as checked_image_id
 from medseg.request_options import infer_options
+from medseg.volume_cache import VolumeCache
 from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, UploadedImage, device_name
+from medseg.tasks.interactive import INTERACTIVE_MODEL, InteractiveInferTask, split_interactive_options
 from medseg.tasks.train import train_tasks
 
 logger = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class MedSegApp(MONAILabelApp):
         ensemble = EnsembleInferTask(members, self.cfg.labels, self.cfg.tta)
         infers["ensemble"] = ensemble
         infers["auto"] = AutoInferTask(members, self.cfg.labels, self.cfg.tta, ensemble, self.cfg.work_dir)
+        infers[INTERACTIVE_MODEL] = InteractiveInferTask(self.cfg.labels, VolumeCache(self.cfg.interactive_cache_mb << 20))
         return infers
 
     def init_trainers(self):
@@ -91,9 +94,14 @@ class MedSegApp(MONAILabelApp):
         if model not in self._infers:
             raise UnknownModelError(f"model {model!r} is not served here; served models: {', '.join(self._infers)}")
         store = datastore or self.datastore()
-        request = {**request, **infer_options({k: v for k, v in request.items() if k not in ("model", "image")},
-                                              device_name(self.cfg.device))}
+        options = {k: v for k, v in request.items() if k not in ("model", "image")}
+        guidance = {}
+        if model == INTERACTIVE_MODEL:
+            guidance, options = split_interactive_options(options, self.cfg.labels)
+        request = {**request, **infer_options(options, device_name(self.cfg.device))}
         image = self._infer_image(request.get("image"), store)
+        if guidance.get("prior_tag"):
+            request["prior_path"] = self._stored_label(store, image, guidance["prior_tag"])
         save = request.pop("save_label", False)
         tag = request.pop("label_tag", DefaultLabelTag.ORIGINAL.value)
         if save:
@@ -110,6 +118,15 @@ class MedSegApp(MONAILabelApp):
             store.save_label(image, result["file"], tag, {"model": model, "params": result["params"], "source": "infer"})
             result.update(label=image, tag=tag)
         return result
+
+    @staticmethod
+    def _stored_label(store, image, tag: str) -> str:
+        if isinstance(image, UploadedImage):
+            raise MedSegInputError("prior_tag names a label of a datastore image; upload the prior with the image")
+        path = store.get_label_uri(image, tag)
+        if not path or not os.path.exists(path):
+            raise UnknownImageError(f"image {image!r} has no label tagged {tag!r}")
+        return path
 
     def _infer_image(self, image, store):
         if isinstance(image, UploadedImage):

@@ -42,11 +42,12 @@ class AppConfig:
     max_upload_mb: float = 2048.0  # largest request body; 413 beyond
     infer_server_paths: bool = False  # let POST /infer read files on the server by path, not only datastore ids
     open_network: bool = False  # with auth off, answer clients that are not on this machine (loopback) too
+    interactive_cache_mb: int = 2048  # images the interactive model keeps in memory between clicks
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
         known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", "shipped_weights",
-                 *ACTIVE_LEARNING_KEYS, *SAFETY_KEYS}
+                 "interactive_cache_mb", *ACTIVE_LEARNING_KEYS, *SAFETY_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             labels = parse_labels(conf["labels"])
@@ -93,6 +94,7 @@ class AppConfig:
             gpu_memory_gb=gpu_memory_gb,
             **_active_learning(conf, [m.name for m in models]),
             **_safety(conf),
+            interactive_cache_mb=_number(conf, "interactive_cache_mb", 2048, int, 0, 1024 * 1024),
         )
 
     def grid_limits(self):

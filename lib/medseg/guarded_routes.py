@@ -127,7 +127,7 @@ def post_infer(background_tasks: BackgroundTasks, model: str, image: str = "", s
 
     instance = app_instance()
     options = json_object(params, "params")
-    for key in ("model", "session", "label"):
+    for key in ("model", "session", "label_file"):
         if key in options:
             raise MedSegInputError(f"params may not set {key!r}; it comes from the request itself")
     request: dict[str, Any] = {**instance.info().get("config", {}).get("infer", {}), "image": image, **options}
@@ -135,8 +135,9 @@ def post_infer(background_tasks: BackgroundTasks, model: str, image: str = "", s
         request["image"] = UploadedImage(_save_upload(file, _suffix(file, IMAGE_SUFFIXES[:3], "a NIfTI or NRRD image"),
                                                       background_tasks))
     if label is not None:
-        request["label"] = UploadedImage(_save_upload(label, _suffix(label, LABEL_SUFFIXES, "a NIfTI label"),
-                                                      background_tasks))
+        # Scribbles or a prior segmentation for the interactive model ("label" in params is a label name).
+        request["label_file"] = UploadedImage(_save_upload(label, _suffix(label, LABEL_SUFFIXES[:2], "a NIfTI label"),
+                                                           background_tasks))
     if session_id:
         raise UnknownTaskError(NO_SESSIONS)
     if output == ResultType.dicom_seg:

@@ -95,13 +95,14 @@ class ModelSpec:
     def predictor(self, checkpoint: dict, device: torch.device) -> Predictor:
         """The whole-volume predictor for a checkpoint of this model (both stages for a cascade)."""
         plan = Plan.from_dict(checkpoint["plan"])
-        lcc = (checkpoint.get("postprocessing") or {}).get("largest_component_labels", [])
+        post = checkpoint.get("postprocessing") or {}
+        lcc, sides = post.get("largest_component_labels", []), post.get("side_pairs", [])
         if not self.cascade:
-            return Predictor(self.network(checkpoint), plan, device, lcc)
+            return Predictor(self.network(checkpoint), plan, device, lcc, sides)
         from medseg.pipeline.cascade import CascadePredictor
 
         first = MODELS["cascade_lowres"].predictor(checkpoint["lowres"], device)
-        return CascadePredictor(first, self.network(checkpoint), plan, device, lcc)
+        return CascadePredictor(first, self.network(checkpoint), plan, device, lcc, sides)
 
 
 MODELS: dict[str, ModelSpec] = {

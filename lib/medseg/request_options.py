@@ -84,8 +84,8 @@ INFER_IGNORED = ("result_extension", "result_dtype", "restore_label_idx", "large
 
 def infer_options(params: dict[str, Any], device: str) -> dict[str, Any]:
     """The infer options in ``params``, checked and typed; ``device`` is where the models run."""
-    # "label" and "session": files the infer route received with the request (never client JSON).
-    known = {*INFER_FLAGS, *INFER_IGNORED, "label_tag", "client_id", "device", "timeout", "label", "session"}
+    # "label_file" and "session": files the infer route received with the request (never client JSON).
+    known = {*INFER_FLAGS, *INFER_IGNORED, "label_tag", "client_id", "device", "timeout", "label_file", "session"}
     unknown = sorted(set(params) - known)
     if unknown:
         raise MedSegInputError(f"unknown infer option(s) {unknown}; options: {', '.join(sorted(known))}")
@@ -105,3 +105,17 @@ def infer_options(params: dict[str, Any], device: str) -> dict[str, Any]:
             raise MedSegInputError(f"device {wanted!r} is not available: this server runs its models on {device} "
                                    "(--conf device); leave device out")
     return out
+
+
+EFFORT_KEYS = {"interactions": (int, 0, 10**6), "seconds": (float, 0, 10**7), "seconds_waited": (float, 0, 10**7)}
+
+
+def labelling_effort(value) -> dict[str, Any]:
+    """A submitted label's ``effort`` ({"interactions": 7, "seconds": 95.0}), checked: what the label
+    cost its author, kept with the label version for effort-per-case reports."""
+    if not isinstance(value, dict) or not value:
+        raise MedSegInputError(f"effort must be an object with {', '.join(EFFORT_KEYS)}")
+    unknown = sorted(set(value) - set(EFFORT_KEYS))
+    if unknown:
+        raise MedSegInputError(f"unknown effort key(s) {unknown}; keys: {', '.join(EFFORT_KEYS)}")
+    return {k: number(f"effort.{k}", v, *EFFORT_KEYS[k]) for k, v in value.items()}

@@ -56,7 +56,7 @@ from medseg.labels import (
     stored_suffix,
 )
 from medseg.nrrd_files import is_nrrd
-from medseg.request_options import flag
+from medseg.request_options import flag, labelling_effort
 
 logger = logging.getLogger(__name__)
 
@@ -449,6 +449,8 @@ class MedSegLocalDatastore(LocalDatastore):
         self._object(image_id, "upload it before its label")
         label_ext = stored_suffix(label_filename)
         label_info = dict(label_info or {})
+        if "effort" in label_info:
+            label_info["effort"] = labelling_effort(label_info["effort"])
         image = self._image_volume(image_id)
         # The header first: a label off the image's grid is refused before its data is read.
         label = read_uploaded_label(label_filename, label_info, self.labels, expect_shape=image.shape,
@@ -555,7 +557,8 @@ class MedSegLocalDatastore(LocalDatastore):
             "original_model": original_info.get("model"),
             "original_model_version": params.get("model_version", params.get("members")),
             "params": {k: v for k, v in label_info.items()
-                       if k not in ("ts", "name", "version", "client_id", "restored_from")},
+                       if k not in ("ts", "name", "version", "client_id", "restored_from", "effort")},
+            "effort": label_info.get("effort"),  # what the label cost its author, when the client says
             **extra,
         }
 

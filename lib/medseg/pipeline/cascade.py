@@ -123,8 +123,8 @@ class CascadePredictor(Predictor):
     """First stage on the whole image, then the second stage on its resampled prediction."""
 
     def __init__(self, first_stage: Predictor, network: torch.nn.Module, plan: Plan, device: torch.device,
-                 largest_component_labels: list[int] | None = None):
-        super().__init__(network, plan, device, largest_component_labels)
+                 largest_component_labels: list[int] | None = None, side_pairs: list[list[int]] | None = None):
+        super().__init__(network, plan, device, largest_component_labels, side_pairs)
         self.first_stage = first_stage
 
     def prepare(self, volume: Volume, tta: bool) -> tuple[PreprocessedCase, dict]:

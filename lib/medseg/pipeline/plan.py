@@ -26,11 +26,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from medseg.pipeline.sides import is_lateralized
 
 ANISOTROPY_RATIO = 3.0
 MIN_AXIS_VOX_TO_POOL = 8
@@ -275,18 +276,6 @@ def coarsen_to_voxels(cases: list[CaseFingerprint], spacing: list[float], max_vo
     while np.prod(np.median(_shapes_at(cases, sp), axis=0)) > max_voxels:
         sp = coarser_step(sp)
     return [round(float(x), 4) for x in sp]
-
-
-LATERAL_WORDS = ("left", "right")
-
-
-def is_lateralized(labels: dict[str, int]) -> bool:
-    """True when a label names a side ("left_lung", "Right kidney", "hippocampus_l")."""
-    for name in labels:
-        words = [w for w in re.split(r"[^a-z0-9]+", name.lower()) if w]
-        if any(w in LATERAL_WORDS for w in words) or (len(words) > 1 and words[-1] in ("l", "r")):
-            return True
-    return False
 
 
 def modality_of_cases(cases: list[CaseFingerprint], configured: str) -> tuple[str, str]:

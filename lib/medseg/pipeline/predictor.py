@@ -15,6 +15,7 @@ from medseg.imageio import Volume
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax
+from medseg.pipeline.sides import assign_sides, right_of_world_x
 from medseg.pipeline.preprocess import (
     PreprocessedCase,
     invert_labels,
@@ -44,17 +45,27 @@ def voxel_entropy(probabilities: np.ndarray | torch.Tensor, axis: int = -1) -> n
 
 class Predictor:
     def __init__(self, network: torch.nn.Module, plan: Plan, device: torch.device,
-                 largest_component_labels: list[int] | None = None):
+                 largest_component_labels: list[int] | None = None, side_pairs: list[list[int]] | None = None):
         self.network = network.to(device).eval()
         self.plan = plan
         self.device = device
         self.largest_component_labels = list(largest_component_labels or [])
+        self.side_pairs = [tuple(p) for p in side_pairs or []]
 
     def prepare(self, volume: Volume, tta: bool) -> tuple[PreprocessedCase, dict]:
         """The network's input on the plan's grid, and the seconds each step took."""
         t0 = time.perf_counter()
         case = preprocess(volume.array, volume.spacing_mm, self.plan, affine=volume.affine)
         return case, {"pre": round(time.perf_counter() - t0, 3)}
+
+    def postprocess(self, labels: np.ndarray, case: PreprocessedCase, volume: Volume) -> np.ndarray:
+        """The validated steps on the image grid: each piece of a left/right pair to its side of
+        the body's midline (the centre of the body crop), then the largest piece of a label."""
+        if self.side_pairs:
+            centre_vox = np.array([(a + b - 1) / 2 for a, b in case.bbox])
+            midline_x_mm = float((volume.affine[:3, :3] @ centre_vox + volume.affine[:3, 3])[0])
+            labels = assign_sides(labels, self.side_pairs, right_of_world_x(volume.affine, midline_x_mm))
+        return apply_postprocessing(labels, self.largest_component_labels)
 
     def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:
         t0 = time.perf_counter()
@@ -71,7 +82,7 @@ class Predictor:
             labels, full = class_argmax(full), full.movedim(0, -1).numpy()
         else:
             labels, full = invert_labels(probs, case), None
-        labels = apply_postprocessing(labels, self.largest_component_labels)
+        labels = self.postprocess(labels, case, volume)
         t3 = time.perf_counter()
         return Prediction(
             labels=labels,

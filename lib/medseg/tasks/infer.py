@@ -113,6 +113,7 @@ class MedSegInferTask(VolumeInferTask):
                 "n_train_cases": ckpt.get("n_train_cases"),
                 "val_dice_per_label": ckpt.get("val_dice_per_label"),
                 "postprocessing": (ckpt.get("postprocessing") or {}).get("largest_component_labels", []),
+                "side_pairs": (ckpt.get("postprocessing") or {}).get("side_pairs", []),
             }
             info["plan"] = ckpt.get("plan")
         return info

@@ -31,6 +31,7 @@ from medseg.pipeline.distributed import is_main_process, run_distributed
 from medseg.pipeline.fingerprint import fingerprint_files
 from medseg.pipeline.plan import Plan, machine_planning, make_plan
 from medseg.pipeline.training import (
+    FROM_SCRATCH_TRAINING,
     TrainConfig,
     TrainResult,
     load_preprocessed,
@@ -200,6 +201,12 @@ class MedSegTrainTask(TrainTask):
             return fresh, None, fingerprints
         return current, parent, fingerprints
 
+    def training_defaults(self, from_scratch: bool) -> dict:
+        """TrainConfig defaults under the request: the model's own, else AdamW from random weights."""
+        if self.spec.training:
+            return dict(self.spec.training)
+        return dict(FROM_SCRATCH_TRAINING) if from_scratch else {}
+
     def load_cases(self, plan: Plan, datalist: list[dict]):
         return [load_preprocessed(d["image"], d["label"], plan, self.work_dir / "cache") for d in datalist]
 
@@ -225,7 +232,6 @@ class MedSegTrainTask(TrainTask):
 
     def __call__(self, request, datastore):
         lower_priority()  # a clinician's infer in the server comes first
-        config = TrainConfig.from_request(request, TrainConfig(device=self.device, **self.spec.training))
         policy = choice("publish", request.get("publish", "if_not_worse"), PUBLISH_POLICIES)
         datalist = datastore.datalist()
         if not datalist:
@@ -235,6 +241,8 @@ class MedSegTrainTask(TrainTask):
         parent = self.store.load()
         replan = flag("replan", request.get("replan", False))
         plan, parent, fingerprints = self.choose_plan(parent, datalist, force_replan=replan)
+        config = TrainConfig.from_request(request, TrainConfig(device=self.device,
+                                                               **self.training_defaults(parent is None)))
         train_idx, val_idx = persistent_split(names, self.work_dir / "split.json", config.val_fraction,
                                               config.val_max_cases, config.seed)
         if config.max_epochs:
@@ -252,6 +260,7 @@ class MedSegTrainTask(TrainTask):
             "model": self.spec.name, "status": "RUNNING", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "pid": os.getpid(), **honesty,
             "n_labels": len(datalist), "plan": plan.summary(), "from_scratch": parent is None,
+            "optimizer": config.optimizer, "learning_rate": config.learning_rate,
             "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
         progress.write()
         print(json.dumps({"plan": progress.state["plan"], "from_scratch": parent is None}), flush=True)

@@ -42,13 +42,16 @@ class SubmitResult:
 
 
 def submit_label(client: MedSegClient, image_id: str, label_path: str, labels: LabelSet,
-                 names: Optional[List[str]] = None) -> SubmitResult:
+                 names: Optional[List[str]] = None, effort: Optional[dict] = None) -> SubmitResult:
     """``PUT /datastore/label`` with tag ``final`` and an explicit name -> index mapping.
 
     ``label_info`` lists every label of the app (not only the ones painted), so the server
-    knows that a missing structure is absent rather than unnamed.
+    knows that a missing structure is absent rather than unnamed. ``effort`` (interactions,
+    seconds) is what the label cost; MedSeg keeps it with the label version.
     """
-    params = {"label_info": labels.label_info(names)}
+    params: dict = {"label_info": labels.label_info(names)}
+    if effort:
+        params["effort"] = effort
     answer = client.save_label(image_id, label_path, tag="final", params=params) or {}
     version = None
     try:
