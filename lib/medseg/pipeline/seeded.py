@@ -158,8 +158,7 @@ def noise_sigma(image: np.ndarray) -> float:
     return max(1.4826 * mad / np.sqrt(2), 1e-3)
 
 
-def expand_clicks(image: np.ndarray, seeds: np.ndarray, points_vox: np.ndarray, origin, spacing_mm,
-                  value: int) -> None:
+def expand_clicks(image: np.ndarray, seeds: np.ndarray, points_vox: np.ndarray, spacing_mm, value: int) -> None:
     """Grow each click's seed through voxels like it, up to EXPAND_RADIUS_MM from it.
 
     A random walk from a point seed against a whole border of background seeds gives the point
@@ -173,7 +172,7 @@ def expand_clicks(image: np.ndarray, seeds: np.ndarray, points_vox: np.ndarray, 
     sigma = noise_sigma(image)
     radius = np.ceil(EXPAND_RADIUS_MM / np.asarray(spacing_mm)).astype(int)
     ball = _ball_offsets(spacing_mm, max(CLICK_RADIUS_MM, max(spacing_mm)))
-    for point in points_vox - np.asarray(origin):
+    for point in points_vox:  # indices of ``image``'s grid
         if np.any(point < 0) or np.any(point >= seeds.shape):
             continue
         lo, hi = np.maximum(point - radius, 0), np.minimum(point + radius + 1, seeds.shape)
@@ -309,7 +308,7 @@ def segment_object(image: np.ndarray, spacing_mm, interaction: Interaction,
         work_spacing = np.asarray(spacing_mm) * steps
         origin = np.array([a for a, _ in region])
         for points, value in ((interaction.foreground_vox, 1), (interaction.background_vox, 2)):
-            expand_clicks(scaled, seeds, (points - origin) // steps, np.zeros(3, int), work_spacing, value)
+            expand_clicks(scaled, seeds, (points - origin) // steps, work_spacing, value)
         candidate = candidate_object(scaled, seeds, noise_sigma(scaled))
         # The candidate holds the object (the walk only takes from it): grow the region on it,
         # and walk once, on the final region.

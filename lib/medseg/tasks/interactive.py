@@ -104,7 +104,7 @@ class InteractiveInferTask(InferTask):
                 raise MedSegInputError("give the prior segmentation as prior_tag or as an uploaded label, not both")
             if interaction.label is None:
                 raise MedSegInputError("prior_tag needs \"label\": the name of the label to refine in it")
-            stored = read_volume(request["prior_path"], what="the stored label")
+            stored = self.cache.get(request["prior_path"])  # the same stored label on every click
             check_label_against_image(stored, volume, self.app_labels)
             prior = self._object_of(np.rint(stored.array).astype(np.int64), interaction.label)
         check_not_empty(interaction)
