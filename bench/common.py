@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -48,10 +47,7 @@ def start_run(work: Path) -> tuple[dict, Path]:
 
 def update_readme_table(readme: Path, key: str, header: list[str], rows: list[list[str]], caption: str) -> None:
     """Replace the block between <!-- key:start --> and <!-- key:end --> with a generated table."""
-    lines = [caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    block = f"<!-- {key}:start -->\n" + "\n".join(lines) + f"\n<!-- {key}:end -->"
+    from medseg.docs_tables import markdown_table, replace_block
+
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"<!-- {re.escape(key)}:start -->.*?<!-- {re.escape(key)}:end -->", re.S)
-    text = pattern.sub(block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    readme.write_text(text)
+    readme.write_text(replace_block(text, key, caption + "\n\n" + markdown_table(header, rows)))

@@ -196,7 +196,7 @@ def main(argv=None) -> None:
                f"{peak_rss_gb} GB. NoC: clicks to reach the Dice (20 when never).")
     header = ["objects", "n", "NoC@80", "NoC@85", "NoC@90", "Dice after 1", f"Dice after {args.max_clicks}",
               "median s per click"]
-    for readme in (REPO / "bench" / "README.md", REPO / "README.md"):
+    for readme in (REPO / "bench" / "README.md", REPO / "docs" / "interactive.md"):
         update_readme_table(readme, f"interactive_{info['device']}", header, rows, caption)
 
 

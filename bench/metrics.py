@@ -4,7 +4,7 @@ Every prediction, ours or a peer's, is scored here on the ground truth's own gri
 the numbers differ only by the prediction.
 
 * Dice per label: 2|P and T| / (|P| + |T|); 1.0 when the label is absent from both
-  (medseg.pipeline.training.dice_per_label, the one validation uses).
+  (medseg.pipeline.metrics.dice_per_label, the one validation uses).
 * HD95 per label, in millimetres: the 95th percentile Hausdorff distance between the
   surfaces of P and T, symmetric as in MONAI's ``compute_hausdorff_distance(percentile=95)``
   (the larger of the two directed 95th percentiles). Surfaces are the voxels of a mask
@@ -20,7 +20,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from medseg.pipeline.training import dice_per_label
+from medseg.pipeline.metrics import dice_per_label
 
 # Face connectivity: a voxel is on the surface when one of its 6 neighbours is outside.
 _FACES = ndimage.generate_binary_structure(3, 1)

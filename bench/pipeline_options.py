@@ -29,9 +29,10 @@ from medseg.data.pseudo_subjects import SEED_HELDOUT, generate  # noqa: E402
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1, TISSUE_LABELS  # noqa: E402
 from medseg.imageio import read_volume  # noqa: E402
 from medseg.models import MODELS  # noqa: E402
+from medseg.pipeline.metrics import dice_per_label  # noqa: E402
 from medseg.pipeline.postprocess import class_argmax, keep_largest_component  # noqa: E402
 from medseg.pipeline.predictor import Predictor  # noqa: E402
-from medseg.pipeline.training import dice_per_label, pick_device  # noqa: E402
+from medseg.pipeline.training import pick_device  # noqa: E402
 
 
 def shipped_predictor(name: str, device) -> tuple[Predictor, dict]:

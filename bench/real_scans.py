@@ -44,8 +44,9 @@ def evaluate(predictor, work: Path, n: int) -> dict:
     from medseg.data.colin27 import COLIN27_BRAIN, COLIN27_HEAD, score_tissue_prediction
     from medseg.data.pseudo_subjects import SEED_HELDOUT, generate
     from medseg.data.template import TISSUE_LABELS
-    from medseg.imageio import Volume, read_volume
-    from medseg.pipeline.training import dice_per_label
+    from medseg.imageio import read_volume
+    from medseg.volume import Volume
+    from medseg.pipeline.metrics import dice_per_label
 
     out = {"colin27": {}}
     for key, path in (("with_skull", COLIN27_HEAD), ("skull_stripped", COLIN27_BRAIN)):

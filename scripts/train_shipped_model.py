@@ -27,9 +27,10 @@ from medseg.data.pseudo_subjects import generate
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1, TISSUE_LABELS
 from medseg.imageio import read_volume
 from medseg.models import MODELS
+from medseg.pipeline.metrics import dice_per_label
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.predictor import Predictor
-from medseg.pipeline.training import dice_per_label, pick_device
+from medseg.pipeline.training import pick_device
 from medseg.tasks.train import CascadeTrainTask, MedSegTrainTask
 
 REPO = Path(__file__).resolve().parents[1]

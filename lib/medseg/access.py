@@ -140,8 +140,8 @@ def warn_if_exposed(open_network: bool) -> None:
         return
     if open_network:
         logger.warning("SECURITY: listening on %s with authentication OFF and --conf open_network true: anyone who "
-                       "reaches this port can read, change and delete data. See README, Deploying safely.", host)
+                       "reaches this port can read, change and delete data. See docs/security.md.", host)
     else:
         logger.warning("SECURITY: listening on %s with authentication off: only clients on this machine are answered "
-                       "(others get 403). Enable authentication to serve the network (README, Deploying safely).",
+                       "(others get 403). Enable authentication to serve the network (docs/security.md).",
                        host)

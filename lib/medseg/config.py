@@ -20,6 +20,81 @@ def _bool(name: str, value) -> bool:
     raise ConfigError(f"--conf {name} must be true or false, got {value!r}")
 
 
+@dataclass(frozen=True)
+class ConfKey:
+    """One ``--conf`` key as users read about it; docs/configuration.md is generated from these."""
+
+    name: str
+    default: str  # as the docs show it
+    meaning: str
+
+
+# Every key the app accepts (others are logged and ignored), in the order the docs list them.
+CONF_KEYS = (
+    ConfKey("models", "`all`",
+            "comma list of model names to serve and train, or `all`"),
+    ConfKey("labels", "`grey_matter=1,white_matter=2`",
+            "label names and indices 1..N, as `name=index` pairs separated by commas (no spaces: the "
+            "`monailabel` launcher splits arguments on spaces), or a JSON object without spaces"),
+    ConfKey("device", "`auto`",
+            "`auto` (GPU when PyTorch sees one), `cpu`, `cuda` or `cuda:N`"),
+    ConfKey("tta", "`false`",
+            'mirror test-time augmentation for infer requests that do not say (`params={"tta": true}`)'),
+    ConfKey("modality", "`MR`",
+            "`MR` or `CT`: the normalization of plans made from the data (CT: clip to foreground 0.5/99.5 "
+            "percentiles, dataset z-score; MR: per-image z-score)"),
+    ConfKey("gpu_memory_gb", "sized for the machine",
+            "memory budget (GiB) that sizes the patch and batch of plans made from the data. Unset: on a GPU "
+            "8; on a CPU a small network and a spacing coarse enough that the median image has at most 4 M "
+            'voxels (`planned_for: "cpu"` in the plan). Set, it is used as given, also on a CPU'),
+    ConfKey("shipped_weights", "`true`",
+            "`false`: ignore the weights shipped in `apps/medseg/model/`, so every model starts from scratch "
+            "on the datastore's own `final` labels (other anatomy, or a benchmark that must not start from a "
+            "trained brain model)"),
+    ConfKey("work_dir", "`<studies>/.medseg`",
+            "published weights, plans, split, preprocessing cache, training progress, uncertainty scores, "
+            "reservations"),
+    ConfKey("al_model", "(empty)",
+            "model the `epistemic`/`tta` strategies score with: empty = the first served model with weights, "
+            "`auto` = the `auto` task's choice (when that is the ensemble, its member with the best "
+            "validation Dice), or a served model's name"),
+    ConfKey("al_passes", "`5`",
+            "N: MC-dropout passes (`epistemic`) or augmentations (`tta`, at most 8 in 3D) per score, 2..64; a"
+            " scoring request's `passes` overrides it"),
+    ConfKey("al_dropout", "`0.1`",
+            "dropout probability of the MC-dropout passes, 0.01..0.5"),
+    ConfKey("al_reservation_s", "`600`",
+            "seconds an image served by a strategy is withheld from other clients"),
+    ConfKey("al_auto_scoring", "`true`",
+            "let the server start the uncertainty scoring methods by itself (`false`: only `POST "
+            "/scoring/<method>`)"),
+    ConfKey("auto_train_after", "`0`",
+            "retrain by itself after this many new `final` labels (0: never); the `PUT /datastore/label` "
+            'answer then says `"auto_train": {"model", "started"}`'),
+    ConfKey("auto_train_model", "first served model",
+            "which model the automatic runs train"),
+    ConfKey("auto_train_options", "`{}`",
+            "training options of the automatic runs, as a JSON object without spaces (the `monailabel` "
+            'launcher splits arguments on spaces), e.g. `{"max_iterations":100}`'),
+    ConfKey("max_upload_mb", "`2048`",
+            "largest request body; larger uploads get 413 before they are read"),
+    ConfKey("max_image_voxels", "`268435456`",
+            "largest image (or label) a header may claim (512 x 512 x 1024)"),
+    ConfKey("open_network", "`false`",
+            "with authentication off, answer clients on other machines too (see docs/security.md)"),
+    ConfKey("interactive_cache_mb", "`2048`",
+            "memory for the images `POST /infer/interactive` keeps between clicks (least recently used out "
+            "first; 0: none)"),
+    ConfKey("infer_server_paths", "`false`",
+            "let `POST /infer` read a file on the server by absolute path (`?image=/path`), not only "
+            "datastore ids"),
+)
+
+
+def unknown_keys(conf: dict) -> list[str]:
+    return sorted(set(conf) - {key.name for key in CONF_KEYS})
+
+
 @dataclass
 class AppConfig:
     models: list[ModelSpec]
@@ -46,8 +121,6 @@ class AppConfig:
 
     @classmethod
     def from_conf(cls, conf: dict, studies: str, app_dir: str) -> "AppConfig":
-        known = {"models", "labels", "device", "work_dir", "tta", "modality", "gpu_memory_gb", "shipped_weights",
-                 "interactive_cache_mb", *ACTIVE_LEARNING_KEYS, *SAFETY_KEYS}
         labels = TISSUE_LABELS
         if conf.get("labels"):
             labels = parse_labels(conf["labels"])
@@ -75,7 +148,7 @@ class AppConfig:
                 raise ConfigError(f"--conf gpu_memory_gb must be a number, got {conf['gpu_memory_gb']!r}") from e
             if not 0 < gpu_memory_gb < 1e4:
                 raise ConfigError("--conf gpu_memory_gb must be positive (GiB)")
-        unknown = sorted(set(conf) - known)
+        unknown = unknown_keys(conf)
         if unknown:
             import logging
 
@@ -98,7 +171,7 @@ class AppConfig:
         )
 
     def grid_limits(self):
-        from medseg.imageio import GridLimits
+        from medseg.volume import GridLimits
 
         return GridLimits(max_voxels=self.max_image_voxels)
 

@@ -81,7 +81,7 @@ class Guard:
             if self.open_network or access.is_loopback(client):
                 return None
             return 403, ("authentication is off, so this server answers only on the machine it runs on; enable "
-                         "authentication (README: Deploying safely) or start it with --conf open_network true"), {}
+                         "authentication (docs/security.md) or start it with --conf open_network true"), {}
         return self.check_token(scope["method"], _api_path(scope), headers.get("authorization", ""))
 
     def check_token(self, method: str, path: str, authorization: str) -> tuple[int, str, dict] | None:

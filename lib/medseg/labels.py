@@ -1,4 +1,4 @@
-"""The label-index contract and the checks every submitted label goes through."""
+"""The checks every submitted label goes through, and reading it in whatever format it came."""
 from __future__ import annotations
 
 import os
@@ -6,8 +6,9 @@ import os
 import numpy as np
 
 from medseg.errors import MedSegInputError, UnsupportedMediaError
-from medseg.imageio import LIMITS, NIFTI_SUFFIXES, GridLimits, Volume, is_dicom_file, read_volume
+from medseg.imageio import NIFTI_SUFFIXES, is_dicom_file, read_volume
 from medseg.nrrd_files import header_shape, is_nrrd, is_segmentation, read_header, read_segmentation_as_label
+from medseg.volume import LIMITS, GridLimits, Volume
 
 
 def stored_as_integers(path: str) -> bool:
@@ -18,18 +19,6 @@ def stored_as_integers(path: str) -> bool:
     slope, inter = header.get_slope_inter()
     unscaled = slope in (None, 1.0) and inter in (None, 0.0)
     return np.issubdtype(header.get_data_dtype(), np.integer) and unscaled
-
-
-def norm_label_name(name: str) -> str:
-    """A label name as segment names are matched against it (DICOM SEG, Slicer .seg.nrrd): letters
-    and digits only, lower case, so "right lung", "right_lung" and "RightLung" are one name (and a
-    label list can be written on a command line without spaces)."""
-    return "".join(ch for ch in str(name).lower() if ch.isalnum())
-
-
-def label_dtype(labels: dict[str, int]):
-    """The integer type labels are stored in: uint8 up to 255 labels, uint16 beyond."""
-    return np.uint8 if max(labels.values(), default=0) <= 255 else np.uint16
 
 
 def check_label_against_image(label: Volume, image: Volume, labels: dict[str, int], tol_mm: float = 1e-2) -> None:

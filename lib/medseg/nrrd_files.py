@@ -24,6 +24,8 @@ import zlib
 import numpy as np
 
 from medseg.errors import MedSegInputError
+from medseg.label_map import label_dtype, norm_label_name
+from medseg.volume import LIMITS, Volume
 
 NRRD_SUFFIX = ".nrrd"
 SEG_NRRD_SUFFIX = ".seg.nrrd"
@@ -125,7 +127,6 @@ def read_data(path: str, header: dict, offset: int, what: str) -> np.ndarray:
 
 def read_nrrd(path: str, what: str | None = None, limits=None):
     """A NRRD volume (or a segmentation's label values, layers merged) as a RAS ``Volume``."""
-    from medseg.imageio import LIMITS, Volume
 
     what = what or os.path.basename(path)
     limits = limits or LIMITS
@@ -182,12 +183,12 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
 
     The file's own label values are ignored: each segment takes the app's index of the
     label with its name (so Slicer's segment order does not matter), matched as
-    ``medseg.labels.norm_label_name`` does (``right_lung`` is "right lung"). A segment whose
+    ``medseg.label_map.norm_label_name`` does (``right_lung`` is "right lung"). A segment whose
     name is not one of the app's labels is refused, naming them. A segmentation that
     covers part of its image (Slicer's cropped extent, same spacing and directions) is
     put in place on the full grid.
     """
-    from medseg.imageio import LIMITS, Volume
+    from medseg.volume import LIMITS, Volume
 
     limits = limits or LIMITS
     header, offset = read_header(path, what)
@@ -197,7 +198,6 @@ def read_segmentation_as_label(path: str, app_labels: dict[str, int], reference,
     listed = segments(header)
     if not listed:
         raise MedSegInputError(f"{what} lists no segments (SegmentN_Name / SegmentN_LabelValue)")
-    from medseg.labels import label_dtype, norm_label_name
 
     by_key = {norm_label_name(name): index for name, index in app_labels.items()}
     unknown = sorted({s["name"] for s in listed if norm_label_name(s["name"]) not in by_key})

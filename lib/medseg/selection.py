@@ -19,8 +19,9 @@ import torch
 from medseg.checkpoint import ModelStore
 from medseg.imageio import read_volume
 from medseg.models import ModelSpec
+from medseg.pipeline.metrics import dice_per_label
 from medseg.pipeline.postprocess import class_argmax
-from medseg.pipeline.training import dice_per_label, pick_device
+from medseg.pipeline.training import pick_device
 
 logger = logging.getLogger(__name__)
 

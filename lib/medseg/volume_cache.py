@@ -10,7 +10,9 @@ import os
 import threading
 from collections import OrderedDict
 
-from medseg.imageio import Volume, read_volume
+from medseg.imageio import read_volume
+
+from medseg.volume import Volume
 
 DEFAULT_CACHE_MB = 2048
 

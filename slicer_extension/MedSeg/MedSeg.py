@@ -2,8 +2,9 @@
 
 Next sample -> Segment -> correct in the Segment Editor -> Submit -> Train, as one panel.
 The HTTP client, label-index mapping, workflow state and training-progress logic live in
-``MedSegLib`` (plain Python, tested with pytest against a real server); this file only moves
-arrays in and out of MRML nodes and wires Qt signals to that library.
+``MedSegLib`` (plain Python, tested with pytest against a real server). The panels and the
+scene work that move arrays in and out of MRML nodes are in ``MedSegWidgets``; this file wires
+them together.
 """
 import logging
 import os
@@ -20,16 +21,13 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedSegLib import (BackgroundJobs, GuidedEdit, LabelingSession, LabelSet, MedSegClient, MedSegClientError,
-                       TrainingMonitor, compose_label_array, default_client_id, fetch_sample_image,
-                       fetch_training_state, image_id_for, masks_from_label_array, normalize_server_url,
-                       present_labels, ras_to_ijk, submit_label)
-
-# Node attributes that tie a volume to its datastore image (kept when the scene is saved).
-ATTR_IMAGE_ID = "MedSeg.ImageId"
-ATTR_SERVER = "MedSeg.Server"
-ATTR_VOLUME = "MedSeg.VolumeID"  # on segmentations and uncertainty maps: which volume they belong to
-ATTR_KIND = "MedSeg.Kind"
+from MedSegLib import (BackgroundJobs, GuidedEdit, LabelingSession, MedSegClient, MedSegClientError,
+                       TrainingMonitor, default_client_id, fetch_sample_image, image_id_for,
+                       normalize_server_url, submit_label)
+from MedSegWidgets.controls import fillCombo, hexColour, nodeId
+from MedSegWidgets.guided_editing import GuidedEditingPanel
+from MedSegWidgets.scene import SceneLogic
+from MedSegWidgets.training_panel import TrainingPanel
 
 SETTINGS_URL = "MedSeg/serverUrl"
 SETTINGS_HISTORY = "MedSeg/serverUrlHistory"
@@ -44,9 +42,6 @@ SEGMENT_EDIT_EVENTS = (
     slicer.vtkSegmentation.SegmentModified,
 )
 
-# Colour maps for the uncertainty overlay, first one present wins (IDs of Slicer's built-in tables).
-UNCERTAINTY_COLOR_NODE_IDS = ("vtkMRMLColorTableNodeFileInferno.txt", "vtkMRMLColorTableNodeFileColdToHotRainbow.txt",
-                              "vtkMRMLColorTableNodeRainbow")
 
 
 class MedSeg(ScriptedLoadableModule):
@@ -76,7 +71,7 @@ class MedSegParameterNode:
     maxIterations: int = 0
 
 
-class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEditingPanel, TrainingPanel):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
@@ -205,7 +200,7 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         volume = self._parameterNode.inputVolume
         segmentation = self.logic.segmentationOf(volume) if volume is not None else None
-        if _nodeId(self._parameterNode.segmentation) != _nodeId(segmentation):
+        if nodeId(self._parameterNode.segmentation) != nodeId(segmentation):
             self._parameterNode.segmentation = segmentation  # re-enters here with the new value
             return
         self.session.image_id = self.logic.imageIdOf(volume, self.client.server_url if self.client else None)
@@ -322,18 +317,18 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.appLabel.text = f"{info.name} {info.version}".strip() or "(unnamed app)"
         self.ui.appLabel.toolTip = info.description
         self.ui.labelsLabel.text = " ".join(
-            f'<span style="color:{_hex(info.labels.color_of(name))}">&#9632;</span> {name} ({idx})'
+            f'<span style="color:{hexColour(info.labels.color_of(name))}">&#9632;</span> {name} ({idx})'
             for name, idx in info.labels) or "(no labels)"
         self.ui.datastoreProgressBar.setMaximum(max(info.total, 1))
         self.ui.datastoreProgressBar.setValue(info.labeled)
         self.ui.datastoreProgressBar.setFormat(info.progress_text)
-        _fillCombo(self.ui.strategyComboBox, info.strategies, preferred=("epistemic", "random"))
-        _fillCombo(self.ui.modelComboBox, info.segmentation_models(), preferred=("auto",))
+        fillCombo(self.ui.strategyComboBox, info.strategies, preferred=("epistemic", "random"))
+        fillCombo(self.ui.modelComboBox, info.segmentation_models(), preferred=("auto",))
         for i in range(self.ui.modelComboBox.count):
             model = info.models[self.ui.modelComboBox.itemText(i)]
             version = f" (weights version {model.weights_version})" if model.weights_version is not None else ""
             self.ui.modelComboBox.setItemData(i, model.description + version, qt.Qt.ToolTipRole)
-        _fillCombo(self.ui.trainModelComboBox, info.trainers)
+        fillCombo(self.ui.trainModelComboBox, info.trainers)
         self.onParameterNodeModified()  # the selected volume may be a server image
         self.setStatus(f"Connected: {info.summary()}")
         if firstConnect and info.trainers:
@@ -452,149 +447,6 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             note = f"; not found: {', '.join(missing)}" if missing else ""
             self.ui.segmentResultLabel.text = f"{label.model}{version}{latency}{note}"
 
-    # ------------------------------------------------------------------ guided editing
-    def setupGuidedEditing(self) -> None:
-        """Markups for the clicks and the box; each placed point becomes voxel indices for MedSegLib."""
-        self.guidedEdit = None
-        self._guidedKey = None
-        self._guidedSnapshot = None  # the segment before the edit's first result, for undo
-        self._placedOrder = []  # "foreground" / "background" / "box", for undo
-        self._guidedNodes = {}
-        for kind, widget in (("foreground", self.ui.foregroundPlaceWidget), ("background", self.ui.backgroundPlaceWidget),
-                             ("box", self.ui.boxPlaceWidget)):
-            widget.setMRMLScene(slicer.mrmlScene)
-            widget.placeMultipleMarkups = (widget.ForcePlaceSingleMarkup if kind == "box"
-                                           else widget.ForcePlaceMultipleMarkups)
-        self.ui.refineButton.connect("clicked(bool)", self.onRefine)
-        self.ui.undoClickButton.connect("clicked(bool)", self.onUndoClick)
-        self.ui.clearClicksButton.connect("clicked(bool)", self.onClearClicks)
-        self.ui.foregroundPlaceWidget.setCurrentNode(self.guidedNode("foreground"))
-        self.ui.backgroundPlaceWidget.setCurrentNode(self.guidedNode("background"))
-        self.ui.boxPlaceWidget.setCurrentNode(self.guidedNode("box"))
-
-    def guidedNode(self, kind: str):
-        node = self._guidedNodes.get(kind)
-        if node is not None and slicer.mrmlScene.IsNodePresent(node):
-            return node
-        cls = "vtkMRMLMarkupsROINode" if kind == "box" else "vtkMRMLMarkupsFiducialNode"
-        node = slicer.mrmlScene.AddNewNodeByClass(cls, f"MedSeg {kind}")
-        node.SetAttribute(ATTR_KIND, "guided")
-        node.CreateDefaultDisplayNodes()
-        color = {"foreground": (0.2, 0.85, 0.2), "background": (0.9, 0.2, 0.2), "box": (1.0, 0.8, 0.2)}[kind]
-        node.GetDisplayNode().SetSelectedColor(*color)
-        event = slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent
-        self.addObserver(node, event, lambda caller, ev, kind=kind: self.onGuidancePlaced(kind, caller))
-        self._guidedNodes[kind] = node
-        return node
-
-    def editedSegment(self):
-        """(segmentation node, segment ID, segment name) selected in the editor; the segmentation is made if needed."""
-        volume = self._parameterNode.inputVolume
-        segmentation = self._parameterNode.segmentation
-        if segmentation is None:
-            segmentation = self.logic.createSegmentation(volume, self.session.info.labels)
-            self._parameterNode.segmentation = segmentation
-        segmentId = self.logic.segmentEditorNode().GetSelectedSegmentID()
-        if not segmentId:
-            segmentId = segmentation.GetSegmentation().GetNthSegmentID(0)
-        return segmentation, segmentId, segmentation.GetSegmentation().GetSegment(segmentId).GetName()
-
-    def currentEdit(self) -> Optional[GuidedEdit]:
-        """The edit of the selected segment on this image; a new one when either changed."""
-        volume = self._parameterNode.inputVolume if self._parameterNode else None
-        if volume is None or self.session.image_id is None or not self.session.connected:
-            self.setStatus("Guided editing needs an image of the server (Next sample or Upload) and a connection.")
-            return None
-        segmentation, segmentId, name = self.editedSegment()
-        fromStored = bool(self.ui.refineStoredCheckBox.checked)
-        key = (self.session.image_id, segmentation.GetID(), segmentId, fromStored)
-        if self.guidedEdit is None or key != self._guidedKey:
-            label = name if name in self.session.info.labels.names else None
-            self.guidedEdit = GuidedEdit(self.client, self.session.image_id, label=label,
-                                         prior_tag="final" if fromStored and label else None, dest_dir=self.tmpdir)
-            self._guidedKey = key
-            self._guidedSnapshot = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
-            self._placedOrder = []
-        return self.guidedEdit
-
-    def onGuidancePlaced(self, kind: str, node) -> None:
-        edit = self.currentEdit()
-        if edit is None or node.GetNumberOfControlPoints() == 0:
-            return
-        volume = self._parameterNode.inputVolume
-        matrix = vtk.vtkMatrix4x4()
-        volume.GetRASToIJKMatrix(matrix)
-        rows = [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]
-        if kind == "box":
-            centre, size = [0.0] * 3, node.GetSize()
-            node.GetCenterWorld(centre)
-            edit.set_box(ras_to_ijk(rows, [c - h / 2 for c, h in zip(centre, size)]),
-                         ras_to_ijk(rows, [c + h / 2 for c, h in zip(centre, size)]))
-        else:
-            ras = [0.0] * 3
-            node.GetNthControlPointPositionWorld(node.GetNumberOfControlPoints() - 1, ras)
-            edit.add_click(ras_to_ijk(rows, ras), foreground=kind == "foreground")
-        self._placedOrder.append(kind)
-        if self.ui.refineOnClickCheckBox.checked:
-            self.onRefine()
-
-    def onRefine(self) -> None:
-        edit = self.currentEdit()
-        if edit is None or edit.state.is_empty():
-            return
-        if self.jobs.busy("guided"):  # clicked again while the server works: ask once more when it answers
-            self._refinePending = True
-            return
-        self._refinePending = False
-        self.runInBackground("guided", "Guided editing failed", edit.run, onDone=self.showGuidedResult,
-                             busyText="Segmenting the structure from the clicks (runs on the server) ...")
-
-    def showGuidedResult(self, result) -> None:
-        edit = self.guidedEdit
-        segmentation, segmentId, name = self.editedSegment()
-        volume = self._parameterNode.inputVolume
-        with slicer.util.tryWithErrorDisplay("Could not show the result.", waitCursor=True):
-            self._importing = True
-            try:
-                if result is None or not result.path:
-                    slicer.util.updateSegmentBinaryLabelmapFromArray(self._guidedSnapshot, segmentation, segmentId,
-                                                                     volume)
-                else:
-                    labelNode = slicer.util.loadLabelVolume(result.path, {"show": False})
-                    try:
-                        mask = (slicer.util.arrayFromVolume(labelNode) == 1).astype("uint8")
-                        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segmentId, labelNode)
-                    finally:
-                        slicer.mrmlScene.RemoveNode(labelNode)
-            finally:
-                self._importing = False
-            self.session.dirty = True
-        if result is not None and edit is not None and edit.last_latency_s is not None:
-            server = (result.params.get("latencies") or {}).get("infer")
-            self.ui.guidedResultLabel.text = (f"{name}: {edit.interactions} interactions; last answer "
-                                              f"{edit.last_latency_s:.2f} s (server {server} s)")
-        if self._refinePending:
-            qt.QTimer.singleShot(0, self.onRefine)
-
-    def onUndoClick(self) -> None:
-        edit = self.guidedEdit
-        if edit is None or not self._placedOrder:
-            return
-        kind = self._placedOrder.pop()
-        node = self.guidedNode(kind)
-        if kind == "box":
-            node.RemoveAllControlPoints()
-        elif node.GetNumberOfControlPoints():
-            node.RemoveNthControlPoint(node.GetNumberOfControlPoints() - 1)
-        self.showGuidedResult(edit.undo())
-
-    def onClearClicks(self) -> None:
-        for node in self._guidedNodes.values():
-            node.RemoveAllControlPoints()
-        self.guidedEdit, self._guidedKey, self._placedOrder = None, None, []
-        self.ui.guidedResultLabel.text = ""
-
-    # ------------------------------------------------------------------ submit
     def onSubmit(self) -> None:
         volume = self._parameterNode.inputVolume
         segmentation = self._parameterNode.segmentation
@@ -621,232 +473,11 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self.ui.autoNextCheckBox.checked:
             self.onNextSample()
 
-    # ------------------------------------------------------------------ training
-    def onTrain(self) -> None:
-        model = self.ui.trainModelComboBox.currentText or None
-        options = {}
-        if self._parameterNode.maxIterations > 0:
-            options["max_iterations"] = int(self._parameterNode.maxIterations)
-        self.monitor = TrainingMonitor(model)
-
-        def started(answer):
-            self.monitor.started(answer)
-            self.ui.trainingProgressBar.setValue(0)
-            self.ui.trainingStatusLabel.text = f"Training {model or ''}: submitted."
-            self.trainTimer.start()
-            self.pollTraining()
-
-        self.runInBackground("train", "Could not start training", self.client.train_start, model, options,
-                             onDone=started, busyText="Starting training ...")
-
-    def onStopTraining(self) -> None:
-        if not slicer.util.confirmOkCancelDisplay("Stop the running training? Its weights are discarded."):
-            return
-        self.runInBackground("stop", "Could not stop training", self.client.train_stop,
-                             onDone=lambda answer: self.pollTraining(), busyText="Stopping training ...")
-
-    def pollTraining(self) -> None:
-        if self.client is None or self.monitor is None or self.jobs.busy("trainPoll"):
-            return
-        self.jobs.submit("trainPoll", fetch_training_state, self.client, self.monitor.model,
-                         on_done=self.showTrainingState, on_error=self.onTrainingPollError)
-        self.jobTimer.start()
-
-    def showTrainingState(self, state) -> None:
-        if self.monitor is None:  # connected to another server meanwhile
-            return
-        task, stats = state
-        progress = self.monitor.update(task, stats)
-        self.ui.trainingProgressBar.setValue(progress.percent)
-        dice = progress.mean_val_dice
-        self.ui.trainingProgressBar.setFormat(f"%p%   val Dice {dice:.3f}" if dice is not None else "%p%")
-        self.ui.trainingStatusLabel.text = progress.message
-        if progress.running:
-            if not self.trainTimer.isActive():
-                self.trainTimer.start()
-        else:
-            self.trainTimer.stop()
-            if progress.finished and self.monitor.task_id is not None:
-                self.monitor.task_id = None  # report the end of a run started here once
-                self.refreshInfo()  # new weights version in the model list
-        self.updateButtons()
-
-    def onTrainingPollError(self, error, details) -> None:
-        # A missed poll is not worth a dialog (the server may be busy); the next tick retries.
-        self.ui.trainingStatusLabel.text = f"Training status unavailable: {error}"
-        logging.warning("MedSeg training poll failed: %s", details)
-
-
-def _nodeId(node) -> Optional[str]:
-    return node.GetID() if node is not None else None
-
-
-def _fillCombo(combo, items, preferred=()) -> None:
-    current = combo.currentText
-    wasBlocked = combo.blockSignals(True)
-    combo.clear()
-    combo.addItems(list(items))
-    choice = current if current in items else next((p for p in preferred if p in items), None)
-    if choice:
-        combo.setCurrentIndex(combo.findText(choice))
-    combo.blockSignals(wasBlocked)
-
-
-def _hex(rgb) -> str:
-    return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb)
-
-
-class MedSegLogic(ScriptedLoadableModuleLogic):
-    """Scene work for the module: volumes, segmentations and label maps (no Qt, no HTTP)."""
+class MedSegLogic(ScriptedLoadableModuleLogic, SceneLogic):
+    """Scene work for the module (``MedSegWidgets.scene``), with the module's parameter node."""
 
     def getParameterNode(self):
         return MedSegParameterNode(super().getParameterNode())
-
-    def segmentEditorNode(self):
-        node = slicer.mrmlScene.GetSingletonNode("MedSeg", "vtkMRMLSegmentEditorNode")
-        if node is None:
-            node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLSegmentEditorNode")
-            node.UnRegister(None)
-            node.SetSingletonTag("MedSeg")
-            node = slicer.mrmlScene.AddNode(node)
-        return node
-
-    @staticmethod
-    def setEditorSourceVolume(editorWidget, volume) -> None:
-        # Slicer 5.4 renamed "master" volume to "source" volume.
-        if hasattr(editorWidget, "setSourceVolumeNode"):
-            editorWidget.setSourceVolumeNode(volume)
-        else:
-            editorWidget.setMasterVolumeNode(volume)
-
-    # -------------------------------------------------------------- images
-    def loadImage(self, path: str, imageId: str, serverUrl: str):
-        volume = slicer.util.loadVolume(path, {"name": imageId, "show": True})
-        self.markAsServerImage(volume, imageId, serverUrl)
-        return volume
-
-    @staticmethod
-    def markAsServerImage(volume, imageId: str, serverUrl: str) -> None:
-        volume.SetAttribute(ATTR_IMAGE_ID, imageId)
-        volume.SetAttribute(ATTR_SERVER, serverUrl)
-
-    @staticmethod
-    def imageIdOf(volume, serverUrl: Optional[str]) -> Optional[str]:
-        """The datastore id of a volume that came from (or was uploaded to) this server."""
-        if volume is None or serverUrl is None or volume.GetAttribute(ATTR_SERVER) != serverUrl:
-            return None
-        return volume.GetAttribute(ATTR_IMAGE_ID) or None
-
-    def saveVolume(self, volume, path: str) -> str:
-        if not slicer.util.saveNode(volume, path):
-            raise RuntimeError(f"Slicer could not write {path}")
-        return path
-
-    def removeSampleNodes(self, volume) -> None:
-        volumeId = volume.GetID()
-        for node in list(slicer.util.getNodesByClass("vtkMRMLNode")):
-            if node.GetAttribute(ATTR_VOLUME) == volumeId:
-                slicer.mrmlScene.RemoveNode(node)
-        slicer.mrmlScene.RemoveNode(volume)
-
-    # -------------------------------------------------------------- segmentations
-    def segmentationOf(self, volume):
-        for node in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
-            if node.GetAttribute(ATTR_VOLUME) == volume.GetID():
-                return node
-        return None
-
-    def createSegmentation(self, volume, labels: LabelSet):
-        """An empty segmentation on the volume's grid with one named, coloured segment per label."""
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volume.GetName()} segmentation")
-        segmentation.CreateDefaultDisplayNodes()
-        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
-        segmentation.SetAttribute(ATTR_VOLUME, volume.GetID())
-        self.ensureSegments(segmentation, labels)
-        return segmentation
-
-    @staticmethod
-    def ensureSegments(segmentationNode, labels: LabelSet) -> dict:
-        """Segment ID per label name, adding the missing segments (label order, label colours)."""
-        segmentation = segmentationNode.GetSegmentation()
-        ids = {}
-        for name, _ in labels:
-            segmentId = segmentation.GetSegmentIdBySegmentName(name)
-            color = labels.color_of(name)
-            if not segmentId:
-                segmentId = segmentation.AddEmptySegment(name, name, color)
-            else:
-                segmentation.GetSegment(segmentId).SetColor(*color)
-            ids[name] = segmentId
-        return ids
-
-    def importLabelmap(self, path: str, segmentationNode, volume, labels: LabelSet) -> list:
-        """Replace the segments with a server label map (values = label indices); labels present."""
-        labelNode = slicer.util.loadLabelVolume(path, {"show": False})
-        try:
-            array = slicer.util.arrayFromVolume(labelNode)
-            masks = masks_from_label_array(array, labels)
-            present = present_labels(array, labels)
-            ids = self.ensureSegments(segmentationNode, labels)
-            # The label node is the reference: its own grid places the masks, whatever the volume's.
-            for name, mask in masks:
-                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, ids[name], labelNode)
-        finally:
-            slicer.mrmlScene.RemoveNode(labelNode)
-        segmentationNode.SetAttribute(ATTR_VOLUME, volume.GetID())
-        return present
-
-    def exportLabelmap(self, segmentationNode, volume, labels: LabelSet, path: str):
-        """Write the segments as one label map on the volume's grid, value = the app's index of each name.
-
-        Segments are exported one by one onto the volume's geometry, and the values are set by
-        name in MedSegLib, so neither Slicer's segment order nor its own numbering matters.
-        """
-        segmentation = segmentationNode.GetSegmentation()
-        shape = slicer.util.arrayFromVolume(volume).shape
-        masks = []
-        for i in range(segmentation.GetNumberOfSegments()):
-            segmentId = segmentation.GetNthSegmentID(i)
-            name = segmentation.GetSegment(segmentId).GetName()
-            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
-            if mask is None or mask.shape != shape:
-                if mask is not None and mask.any():
-                    raise RuntimeError(f"segment {name!r} could not be exported on the volume's grid")
-                mask = None  # an empty segment: nothing to write
-            masks.append((name, mask if mask is not None else _zeros(shape)))
-        array = compose_label_array(masks, labels)
-        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(volume, f"{volume.GetName()} label")
-        try:
-            slicer.util.updateVolumeFromArray(labelNode, array)
-            if not slicer.util.saveNode(labelNode, path):
-                raise RuntimeError(f"Slicer could not write {path}")
-        finally:
-            slicer.mrmlScene.RemoveNode(labelNode)
-        return path, present_labels(array, labels)
-
-    # -------------------------------------------------------------- uncertainty
-    def showUncertainty(self, path: str, volume, maxEntropy: float):
-        """The voxel entropy map as a colour overlay on the volume (0 .. ln(number of classes))."""
-        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
-            if node.GetAttribute(ATTR_VOLUME) == volume.GetID() and node.GetAttribute(ATTR_KIND) == "uncertainty":
-                slicer.mrmlScene.RemoveNode(node)
-        node = slicer.util.loadVolume(path, {"name": f"{volume.GetName()} uncertainty", "show": False})
-        node.SetAttribute(ATTR_VOLUME, volume.GetID())
-        node.SetAttribute(ATTR_KIND, "uncertainty")
-        display = node.GetDisplayNode()
-        colorId = next((c for c in UNCERTAINTY_COLOR_NODE_IDS if slicer.mrmlScene.GetNodeByID(c)), None)
-        if colorId:
-            display.SetAndObserveColorNodeID(colorId)
-        display.AutoWindowLevelOff()
-        display.SetWindowLevelMinMax(0.0, maxEntropy)
-        slicer.util.setSliceViewerLayers(background=volume, foreground=node, foregroundOpacity=0.4)
-        return node
-
-
-def _zeros(shape):
-    import numpy as np
-
-    return np.zeros(shape, dtype=np.uint8)
 
 
 class MedSegTest(ScriptedLoadableModuleTest):

@@ -54,7 +54,7 @@ class DicomwebServer(Server):
 
 def central_crop(volume, size_vox):
     """The middle ``size_vox`` block of a volume, with its affine moved along (inference costs by extent)."""
-    from medseg.imageio import Volume
+    from medseg.volume import Volume
 
     start = [max((n - m) // 2, 0) for n, m in zip(volume.shape, size_vox)]
     block = tuple(slice(a, a + m) for a, m in zip(start, size_vox))

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.imageio import Volume
 from medseg.models import MODELS
+from medseg.volume import Volume
 from medseg.pipeline.cascade import (
     CascadePredictor,
     PerturbedPreviousStage,

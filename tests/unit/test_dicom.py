@@ -11,7 +11,8 @@ from medseg.data.dicom_series import ct_like_from_mr, main as dicom_series_cli, 
 from medseg.dicom.seg import read_seg, write_seg
 from medseg.dicom.series import read_series
 from medseg.errors import MedSegInputError
-from medseg.imageio import Volume, read_volume, write_like
+from medseg.imageio import read_volume, write_like
+from medseg.volume import Volume
 
 LABELS = {"grey_matter": 1, "white_matter": 2}
 

@@ -9,9 +9,10 @@ import pytest
 from medseg.data.dicom_series import ct_like_from_mr, write_series
 from medseg.datastore.local import MedSegLocalDatastore
 from medseg.errors import MedSegInputError
-from medseg.imageio import Volume, read_volume
+from medseg.imageio import read_volume
 from medseg.pipeline.fingerprint import fingerprint_files
 from medseg.pipeline.plan import CaseFingerprint, make_plan, modality_of_cases
+from medseg.volume import Volume
 from tests.unit.test_dicom import ecg_waveform
 
 LABELS = {"grey_matter": 1, "white_matter": 2}

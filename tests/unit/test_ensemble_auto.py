@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from medseg.checkpoint import ModelStore, save_checkpoint
-from medseg.imageio import Volume
 from medseg.models import MODELS
 from medseg.pipeline.plan import CaseFingerprint, make_plan
 from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask
+from medseg.volume import Volume
 
 LABELS = {"grey_matter": 1, "white_matter": 2}
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from medseg.errors import MedSegInputError
-from medseg.imageio import Volume
 from medseg.labels import check_label_against_image, remap_label_values
+from medseg.volume import Volume
 
 LABELS = {"grey_matter": 1, "white_matter": 2}
 

@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from medseg.checkpoint import load_checkpoint
-from medseg.data.colin27 import COLIN27_HEAD, dice, score_tissue_prediction
+from medseg.data.colin27 import COLIN27_HEAD, score_tissue_prediction
 from medseg.data.pseudo_subjects import SEED_HELDOUT, make_subject
 from medseg.data.template import REPO_ROOT, TISSUE_LABELS, load_template
-from medseg.imageio import Volume, read_volume
+from medseg.imageio import read_volume
 from medseg.models import MODELS
-from medseg.pipeline.training import dice_per_label
+from medseg.pipeline.metrics import dice
+from medseg.pipeline.metrics import dice_per_label
+from medseg.volume import Volume
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medseg.imageio import Volume
+from medseg.volume import Volume
 from medseg.pipeline.sides import (
     assign_sides,
     decide_sides,

@@ -40,10 +40,12 @@ from MedSegLib.training import progress_entries  # noqa: E402
 
 SLICER_ONLY = ("slicer", "qt", "vtk", "ctk", "SampleData", "sitkUtils")
 LIB_FILES = sorted(LIB_DIR.glob("*.py"))
+# The widget's panels and scene work: Slicer code, split out of MedSeg.py.
+WIDGET_FILES = sorted((MODULE_DIR / "MedSegWidgets").glob("*.py"))
 
 
 # ---------------------------------------------------------------- files and layout
-@pytest.mark.parametrize("path", [MODULE_PY, MODULE_DIR / "Testing" / "run_selftest.py", *LIB_FILES],
+@pytest.mark.parametrize("path", [MODULE_PY, MODULE_DIR / "Testing" / "run_selftest.py", *LIB_FILES, *WIDGET_FILES],
                          ids=lambda p: str(p.relative_to(EXTENSION)))
 def test_python_files_compile_for_slicers_python(path):
     source = path.read_text()
@@ -80,7 +82,7 @@ def test_module_file_has_the_four_slicer_classes():
     classes = {c.name: [ast.unparse(b) for b in c.bases] for c in tree.body if isinstance(c, ast.ClassDef)}
     assert classes["MedSeg"] == ["ScriptedLoadableModule"]
     assert classes["MedSegWidget"][0] == "ScriptedLoadableModuleWidget"
-    assert classes["MedSegLogic"] == ["ScriptedLoadableModuleLogic"]
+    assert classes["MedSegLogic"][0] == "ScriptedLoadableModuleLogic"
     assert classes["MedSegTest"] == ["ScriptedLoadableModuleTest"]
     test_class = next(c for c in tree.body if isinstance(c, ast.ClassDef) and c.name == "MedSegTest")
     methods = {f.name for f in test_class.body if isinstance(f, ast.FunctionDef)}
@@ -99,10 +101,11 @@ def test_ui_is_well_formed_and_every_widget_the_code_uses_exists():
     root, widgets = ui_widgets()
     names = [w.get("name") for w in root.iter("widget")]
     assert len(names) == len(set(names)), "widget names must be unique"
-    used = set(re.findall(r"self\.ui\.(\w+)", MODULE_PY.read_text()))
-    assert used, "the widget should use the .ui"
-    missing = sorted(used - set(widgets))
-    assert not missing, f"MedSeg.py uses widgets the .ui lacks: {missing}"
+    used = {name: set(re.findall(r"self\.ui\.(\w+)", path.read_text())) for path in [MODULE_PY, *WIDGET_FILES]
+            for name in [path.name]}
+    assert used["MedSeg.py"] and used["guided_editing.py"] and used["training_panel.py"], "the panels should use the .ui"
+    missing = {name: sorted(u - set(widgets)) for name, u in used.items() if u - set(widgets)}
+    assert not missing, f"the module uses widgets the .ui lacks: {missing}"
     declared = {c.findtext("class") for c in root.iter("customwidget")}
     standard = {"QWidget", "QLabel", "QPushButton", "QComboBox", "QCheckBox", "QProgressBar", "QSpinBox", "QFrame"}
     for name, w in widgets.items():
@@ -132,7 +135,8 @@ def test_ui_parameter_bindings_match_the_parameter_node():
 
 def test_cmake_lists_every_script_and_resource():
     module_cmake = (MODULE_DIR / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "MedSeg")
-    for path in [MODULE_PY, *LIB_FILES]:
+    assert WIDGET_FILES
+    for path in [MODULE_PY, *LIB_FILES, *WIDGET_FILES]:
         rel = path.relative_to(MODULE_DIR).as_posix()
         assert re.search(rf"^\s*{re.escape(rel)}\s*$", module_cmake, re.M), f"{rel} is not in MODULE_PYTHON_SCRIPTS"
     resources = re.search(r"set\(MODULE_PYTHON_RESOURCES(.*?)\)", module_cmake, re.S).group(1).split()

@@ -20,10 +20,10 @@ from medseg.activelearning.uncertainty import (
 from medseg.checkpoint import load_checkpoint
 from medseg.config import AppConfig
 from medseg.errors import ConfigError
-from medseg.imageio import Volume
 from medseg.models import MODELS
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.predictor import voxel_entropy
+from medseg.volume import Volume
 
 from tests.conftest import APP_DIR
 

@@ -19,11 +19,11 @@ import torch
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from medseg.background import lower_priority
 from medseg.activelearning.scores import cache_for
 from medseg.activelearning.uncertainty import epistemic_score, tta_score
+from medseg.background import lower_priority
 from medseg.imageio import read_volume
-from medseg.pipeline.training import dice_per_label
+from medseg.pipeline.metrics import dice_per_label
 from medseg.tasks.infer import _flag
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.template import REPO_ROOT, TISSUE_LABELS
+from medseg.pipeline.metrics import dice
 
 COLIN27_DIR = REPO_ROOT / "sample-data" / "colin27"
 COLIN27_HEAD = COLIN27_DIR / "ch2.nii.gz"
@@ -30,11 +31,6 @@ def _array(path: Path) -> np.ndarray:
     import nibabel as nib
 
     return np.asarray(nib.load(str(path)).dataobj)
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = int(a.sum()) + int(b.sum())
-    return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 1.0
 
 
 def score_tissue_prediction(labels: np.ndarray) -> dict:

@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.dicom.seg import decimal_string
-from medseg.imageio import Volume, read_volume
+from medseg.imageio import read_volume
+from medseg.volume import Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"

@@ -24,6 +24,7 @@ MONAI Label's endpoints and clients treat it as a DICOMweb datastore):
   date and time). Earlier SEGs stay in the PACS: no label is ever lost, and they are
   listed as the image's ``label_versions``.
 
+What the PACS holds (its series, which SEG is whose label) is ``medseg.datastore.pacs``.
 The downloaded series (``<cache>/series/<SeriesInstanceUID>/``) is the image file
 the pipeline reads (``medseg.imageio.read_volume`` reads a DICOM series folder, and
 ``medseg.dicom.seg`` needs the source instances). The label map of a SEG is kept as
@@ -35,7 +36,6 @@ Label's own DICOMweb datastore keeps them locally.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -43,8 +43,6 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -54,31 +52,18 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.interfaces.datastore import DefaultLabelTag
 
 from medseg.activelearning.jsonstore import locked, read_json, write_json
+from medseg.datastore.pacs import (IMAGE_MODALITIES, ImageSeries, PacsError, PacsListing, SegSeries, Snapshot,
+                                   TimeoutSession, search_filter_from_settings)
 from medseg.errors import MedSegInputError, UnknownImageError
 from medseg.ids import image_id as checked_id
 from medseg.ids import label_tag as checked_tag
-from medseg.imageio import Volume, read_volume, write_like
+from medseg.imageio import read_volume, write_like
 from medseg.labels import check_label_against_image, read_uploaded_label
+from medseg.volume import Volume
 
 logger = logging.getLogger(__name__)
 
 FINAL = DefaultLabelTag.FINAL.value
-# Modalities whose series are volumes the pipeline segments; SEG, SR, RTSTRUCT, ECG, KO, PR... are not.
-IMAGE_MODALITIES = ("CT", "MR", "PT")
-# How long one answer of the PACS is reused: long enough that listing the datastore does not
-# query the PACS per image, short enough that series and SEGs stored by others appear quickly.
-LISTING_TTL_S = 5.0
-# Connect / read timeouts of every PACS request: a PACS that stops answering must not hang the server.
-PACS_TIMEOUT_S = (10.0, 120.0)
-SERIES_FIELDS = ("StudyInstanceUID", "SeriesInstanceUID", "Modality", "PatientID", "StudyDate", "StudyDescription",
-                 "SeriesDate", "SeriesTime", "SeriesDescription", "SeriesNumber", "NumberOfSeriesRelatedInstances",
-                 "BodyPartExamined")
-
-
-class PacsError(MedSegInputError):
-    """The PACS did not answer or refused a request (HTTP 502: the fault is upstream, not the client's)."""
-
-    http_status = 502
 
 
 class NotInThisDatastoreError(MedSegInputError):
@@ -90,70 +75,6 @@ class NotInThisDatastoreError(MedSegInputError):
 def _tag_name(label_tag) -> str:
     """A label tag as plain text, checked (``medseg.ids``): MONAI Label passes DefaultLabelTag members too."""
     return checked_tag(getattr(label_tag, "value", label_tag) or FINAL)
-
-
-def _tag(keyword: str) -> str:
-    from pydicom.datadict import tag_for_keyword
-
-    return f"{tag_for_keyword(keyword):08X}"
-
-
-def _value(js: dict, keyword: str, default=None):
-    """First value of ``keyword`` in a DICOM JSON object (PS3.18 F.2), as str/number; PN as its text."""
-    values = (js.get(_tag(keyword)) or {}).get("Value") or []
-    if not values:
-        return default
-    value = values[0]
-    if isinstance(value, dict) and "Alphabetic" in value:
-        return value["Alphabetic"]
-    return value
-
-
-def _sequence(js: dict, keyword: str) -> list[dict]:
-    return (js.get(_tag(keyword)) or {}).get("Value") or []
-
-
-@dataclass
-class ImageSeries:
-    uid: str
-    study_uid: str
-    n_instances: int | None
-    info: dict[str, Any]
-
-
-@dataclass
-class SegSeries:
-    uid: str
-    study_uid: str
-    sop_uid: str
-    referenced_series: str
-    content_datetime: str  # DICOM DA + TM, sortable as text
-    segment_labels: list[str]
-    series_description: str = ""
-
-    @property
-    def ts(self) -> int | None:
-        try:
-            return int(datetime.strptime(self.content_datetime[:14], "%Y%m%d%H%M%S").timestamp())
-        except ValueError:
-            return None
-
-
-@dataclass
-class Snapshot:
-    """One look at the PACS: its image series and, per image, its SEGs (oldest first)."""
-
-    images: dict[str, ImageSeries]
-    segs: dict[str, list[SegSeries]] = field(default_factory=dict)
-    taken: float = field(default_factory=time.monotonic)
-
-
-class _TimeoutSession(requests.Session):
-    """A session whose requests time out (dicomweb-client passes none)."""
-
-    def request(self, *args, **kwargs):
-        kwargs.setdefault("timeout", PACS_TIMEOUT_S)
-        return super().request(*args, **kwargs)
 
 
 class MedSegDICOMwebDatastore(DICOMWebDatastore):
@@ -171,10 +92,9 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
         for sub in ("series", "segs", "labels"):
             (self.cache / sub).mkdir(parents=True, exist_ok=True)
         self._index_path = self.cache / "index.json"  # image info and non-final labels (tag -> info)
-        self._seg_refs_path = self.cache / "seg_refs.json"  # what each SEG references (never changes)
         self._lock = threading.RLock()
-        self._snapshot: Snapshot | None = None
-        self._ignored_segs: set[str] = set()
+        self.listing = PacsListing(client, self.labels, self.modalities, self._search_filter,
+                                   self.cache / "seg_refs.json")
         self._name = client.base_url
         self._description = f"DICOMweb: {client.base_url}"
         logger.info("DICOMweb datastore %s (modalities %s, filter %s), cache %s",
@@ -197,104 +117,13 @@ class MedSegDICOMwebDatastore(DICOMWebDatastore):
     # ------------------------------------------------------------------ the PACS
 
     def _pacs(self, what: str, call, *args, **kwargs):
-        try:
-            return call(*args, **kwargs)
-        except requests.RequestException as e:
-            raise PacsError(f"the PACS at {self._client.base_url} failed to {what}: {e}") from e
+        return self.listing.call(what, call, *args, **kwargs)
 
     def snapshot(self, fresh: bool = False) -> Snapshot:
-        with self._lock:
-            snap = self._snapshot
-            if fresh or snap is None or time.monotonic() - snap.taken > LISTING_TTL_S:
-                images = self._query_images()
-                snap = Snapshot(images=images, segs=self._query_segs(images))
-                self._snapshot = snap
-            return snap
+        return self.listing.snapshot(fresh)
 
     def refresh(self) -> None:
-        with self._lock:
-            self._snapshot = None
-
-    def _query_images(self) -> dict[str, ImageSeries]:
-        found = self._pacs("list series", self._client.search_for_series, search_filters=self._search_filter,
-                           fields=list(SERIES_FIELDS), get_remaining=True)
-        images = {}
-        for js in found:
-            modality = str(_value(js, "Modality", "")).upper()
-            uid = _value(js, "SeriesInstanceUID")
-            if not uid or modality not in self.modalities:
-                continue
-            n = _value(js, "NumberOfSeriesRelatedInstances")
-            info = {k: _value(js, k) for k in SERIES_FIELDS if _value(js, k) is not None}
-            images[str(uid)] = ImageSeries(str(uid), str(_value(js, "StudyInstanceUID")),
-                                           int(n) if n is not None else None, info)
-        return images
-
-    def _query_segs(self, images: dict[str, ImageSeries]) -> dict[str, list[SegSeries]]:
-        found = self._pacs("list SEG series", self._client.search_for_series, search_filters={"Modality": "SEG"},
-                           fields=["StudyInstanceUID", "SeriesInstanceUID"], get_remaining=True)
-        with locked(self._seg_refs_path):
-            known = read_json(self._seg_refs_path, {})
-            new = {}
-            for js in found:
-                uid, study = str(_value(js, "SeriesInstanceUID")), str(_value(js, "StudyInstanceUID"))
-                if uid not in known:
-                    described = self._describe_seg(study, uid)
-                    if described:  # else: not readable yet; asked again next time
-                        new[uid] = described
-            if new:
-                write_json(self._seg_refs_path, {**known, **new})
-                known.update(new)
-        present = {str(_value(js, "SeriesInstanceUID")) for js in found}  # a SEG deleted in the PACS is gone
-        by_image: dict[str, list[SegSeries]] = {}
-        for uid in present:
-            entry = known.get(uid)
-            if not entry:
-                continue
-            seg = SegSeries(**entry)
-            reason = self._why_not_a_label(seg, images)
-            if reason:
-                if uid not in self._ignored_segs:
-                    self._ignored_segs.add(uid)
-                    logger.warning("SEG series %s is not used as a label: %s", uid, reason)
-                continue
-            by_image.setdefault(seg.referenced_series, []).append(seg)
-        for segs in by_image.values():
-            segs.sort(key=lambda s: (s.content_datetime, s.uid))
-        return by_image
-
-    def _describe_seg(self, study_uid: str, series_uid: str) -> dict[str, Any] | None:
-        """What a SEG series references and holds, from its metadata (no pixel data)."""
-        meta = self._pacs("read SEG metadata", self._client.retrieve_series_metadata, study_uid, series_uid)
-        if not meta:
-            return None
-        js = meta[0]  # one SEG object per series is what we write and what viewers write
-        refs = _sequence(js, "ReferencedSeriesSequence")
-        referenced = _value(refs[0], "SeriesInstanceUID", "") if refs else ""
-        date = str(_value(js, "ContentDate") or _value(js, "SeriesDate") or "")
-        tm = str(_value(js, "ContentTime") or _value(js, "SeriesTime") or "")
-        return {
-            "uid": series_uid,
-            "study_uid": study_uid,
-            "sop_uid": str(_value(js, "SOPInstanceUID", "")),
-            "referenced_series": str(referenced),
-            "content_datetime": date + tm,
-            "segment_labels": [str(_value(s, "SegmentLabel", "")) for s in _sequence(js, "SegmentSequence")],
-            "series_description": str(_value(js, "SeriesDescription", "")),
-        }
-
-    def _why_not_a_label(self, seg: SegSeries, images: dict[str, ImageSeries]) -> str:
-        if not seg.referenced_series:
-            return "it has no ReferencedSeriesSequence"
-        if seg.referenced_series not in images:
-            return f"it references series {seg.referenced_series}, which is not a listed image"
-        from medseg.labels import norm_label_name  # the name matching read_seg applies
-
-        declared = {norm_label_name(n) for n in self.labels}
-        unknown = [n for n in seg.segment_labels if norm_label_name(n) not in declared]
-        if unknown:
-            return f"its segments {unknown} are not this app's labels {sorted(self.labels)}"
-        return ""
+        self.listing.refresh()
 
     def _image(self, image_id: str) -> ImageSeries:
         checked_id(image_id)
@@ -592,7 +421,7 @@ def dicomweb_datastore(url: str, labels: dict[str, int], work_dir: str | os.Path
     from monailabel.datastore.dicom import DICOMwebClientX
 
     url = url.strip().rstrip("/")
-    session = _TimeoutSession()
+    session = TimeoutSession()
     username = settings.MONAI_LABEL_DATASTORE_USERNAME or settings.MONAI_LABEL_DICOMWEB_USERNAME
     password = settings.MONAI_LABEL_DATASTORE_PASSWORD or settings.MONAI_LABEL_DICOMWEB_PASSWORD
     if username and password:
@@ -602,23 +431,4 @@ def dicomweb_datastore(url: str, labels: dict[str, int], work_dir: str | os.Path
                              stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
     cache = (settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
     cache_dir = Path(cache) / hashlib.sha1(url.encode()).hexdigest()[:12] if cache else Path(work_dir) / "dicomweb"
-    return MedSegDICOMwebDatastore(client, labels, cache_dir, _search_filter(settings))
-
-
-FILTER_ENV = "MEDSEG_DICOMWEB_SEARCH_FILTER"
-
-
-def _search_filter(settings) -> dict[str, Any]:
-    """MONAI_LABEL_DICOMWEB_SEARCH_FILTER if the user set one, else none.
-
-    MONAI Label's default, {"Modality": "CT"}, would hide every MR series. Its
-    ``start_server`` exports every setting to the environment of the task processes
-    (training, scoring) it starts, where the default then looks as if it had been set;
-    so the server decides once and hands its decision down in FILTER_ENV.
-    """
-    if FILTER_ENV in os.environ:
-        return json.loads(os.environ[FILTER_ENV])
-    explicit = "MONAI_LABEL_DICOMWEB_SEARCH_FILTER" in settings.model_fields_set
-    chosen = dict(settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER) if explicit else {}
-    os.environ[FILTER_ENV] = json.dumps(chosen)
-    return chosen
+    return MedSegDICOMwebDatastore(client, labels, cache_dir, search_filter_from_settings(settings))

@@ -46,10 +46,10 @@ from medseg.errors import MedSegInputError, UnknownImageError, UnsupportedMediaE
 from medseg.ids import RESERVED_IDS, RULE, is_valid_name
 from medseg.ids import image_id as checked_id
 from medseg.ids import label_tag as checked_tag
-from medseg.imageio import LIMITS, GridLimits, Volume, check_image_file, is_dicom_file, read_volume, write_like
+from medseg.imageio import check_image_file, is_dicom_file, read_volume, write_like
+from medseg.label_map import label_dtype
 from medseg.labels import (
     check_label_against_image,
-    label_dtype,
     nifti_suffix,
     read_uploaded_label,
     stored_as_integers,
@@ -57,6 +57,7 @@ from medseg.labels import (
 )
 from medseg.nrrd_files import is_nrrd
 from medseg.request_options import flag, labelling_effort
+from medseg.volume import LIMITS, GridLimits, Volume
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,9 @@ from fastapi.responses import FileResponse
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedSegInputError, UnknownImageError
-from medseg.imageio import is_dicom_file, read_volume, same_grid
+from medseg.imageio import is_dicom_file, read_volume
 from medseg.tasks.infer import _flag
+from medseg.volume import same_grid
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import MedSegInputError
-from medseg.imageio import Volume
-from medseg.labels import norm_label_name
+from medseg.label_map import norm_label_name
+from medseg.volume import Volume
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])

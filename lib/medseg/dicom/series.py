@@ -33,7 +33,7 @@ from typing import Iterable
 import numpy as np
 
 from medseg.errors import MedSegInputError
-from medseg.imageio import LIMITS, GridLimits, Volume
+from medseg.volume import LIMITS, GridLimits, Volume
 
 # Single-frame image storage SOP classes whose IODs carry the Image Plane Module
 # (PS3.4 B.5; PS3.3 A.3 CT, A.4 MR, A.21 PET). Only these make a volume slice by slice.

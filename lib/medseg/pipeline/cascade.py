@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from medseg.imageio import Volume
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import class_argmax
 from medseg.pipeline.predictor import Predictor
 from medseg.pipeline.preprocess import PreprocessedCase, preprocess
+from medseg.volume import Volume
 
 # nnU-Net v1 cascade augmentation: binary operators with p=0.4 per class and
 # structuring elements of 1-8 voxels, component removal with p=0.2; we keep the

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from medseg.pipeline.metrics import mean_dice_per_label
+
 
 def class_argmax(scores, axis: int = 0) -> np.ndarray:
     """Index of the highest class score along ``axis`` as uint8, or uint16 beyond 256 classes
@@ -85,7 +87,6 @@ def decide_largest_component(
     the evidence (mean Dice per label with and without the step for each candidate, or
     why it was not tried), which is stored beside the weights.
     """
-    from medseg.pipeline.training import mean_dice_per_label
 
     def mean_dice(preds):
         return mean_dice_per_label(preds, truths, label_values)

@@ -16,6 +16,8 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
+from medseg.pipeline.metrics import mean_dice_per_label
+
 SIDE_WORDS = {"left": "left", "right": "right", "l": "left", "r": "right"}
 
 
@@ -81,7 +83,6 @@ def right_of_world_x(affine: np.ndarray, midline_x_mm: float) -> Callable[[np.nd
 def decide_sides(predictions: list[np.ndarray], truths: list[np.ndarray], label_values: dict[str, int]
                  ) -> tuple[list[list[int]], dict]:
     """The pairs whose side assignment raises validation Dice and lowers no label's; and the evidence."""
-    from medseg.pipeline.training import mean_dice_per_label
 
     pairs = lateral_pairs(label_values)
     if not pairs or not predictions:

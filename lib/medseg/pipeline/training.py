@@ -28,10 +28,11 @@ from medseg.imageio import read_volume
 from medseg.pipeline.augment import augment_sample, intensity_quantiles
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
+from medseg.pipeline.metrics import mean_dice_per_label
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax, decide_largest_component
-from medseg.pipeline.sides import assign_sides, decide_sides, right_of_grid_centre
 from medseg.pipeline.preprocess import PREPROCESSING_VERSION, PreprocessedCase, preprocess
+from medseg.pipeline.sides import assign_sides, decide_sides, right_of_grid_centre
 from medseg.request_options import choice, flag, number
 
 logger = logging.getLogger(__name__)
@@ -294,26 +295,6 @@ class PatchSampler:
             images.append(img)
             labels.append(lab)
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(labels))
-
-
-# ---------------------------------------------------------------- metrics
-
-
-def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    """2|P and T| / (|P| + |T|) per label; 1.0 when the label is absent from both."""
-    if pred.shape != truth.shape:
-        raise ValueError(f"prediction {pred.shape} and truth {truth.shape} are not on the same grid")
-    out = {}
-    for name, idx in labels.items():
-        p, t = pred == idx, truth == idx
-        denom = p.sum() + t.sum()
-        out[name] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
-    return out
-
-
-def mean_dice_per_label(preds: list[np.ndarray], truths: list[np.ndarray], labels: dict[str, int]) -> dict[str, float]:
-    scores = [dice_per_label(p, t, labels) for p, t in zip(preds, truths)]
-    return {name: float(np.mean([s[name] for s in scores])) for name in labels}
 
 
 def validate(network, cases: list[PreprocessedCase], plan: Plan, device) -> tuple[dict[str, float], list[np.ndarray]]:
