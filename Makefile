@@ -31,7 +31,7 @@ serve: data
 		--host $(HOST) --port $(PORT) $(CONF)
 
 test: install
-	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra --durations=25
 
 clean-work:
 	rm -rf $(WORK)

@@ -10,7 +10,7 @@ on the CPU the peak resident set size of that process (Python and PyTorch includ
 on the GPU the peak memory PyTorch allocated.
 
 Writes bench/results/models_<device>.json and the table between the markers in
-bench/README.md and README.md.
+bench/README.md and docs/benchmarks.md.
 
     python bench/models.py [--models unet3d,unet2d] [--devices cpu,cuda] [--n-heldout 3]
 """

@@ -21,7 +21,7 @@ best measured kernel rate on a CPU.
   patch (rounded up to SegResNet's multiple of 8) and spacing, our split, batch and budget.
 
 Writes bench/results/suite_<mode>.json, bench/results/suite_<mode>.png and the table
-between the ``suite`` markers in bench/README.md and README.md.
+between the ``suite`` markers in bench/README.md and docs/benchmarks.md.
 
     python bench/suite.py --quick                 # CPU, minutes: unet3d and both peers, coarse data
     python bench/suite.py                         # full: every model, native resolution (for a GPU machine)
@@ -467,7 +467,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--nnunet-venv", default=None, help="an existing environment with nnunetv2 (default: "
                     "bench/work/nnunet-venv, made on first use from the package registry)")
-    ap.add_argument("--no-readme", action="store_true", help="do not regenerate the table in bench/README.md")
+    ap.add_argument("--no-readme", action="store_true", help="do not regenerate the tables in bench/README.md and docs/benchmarks.md")
     args = ap.parse_args(argv)
 
     import torch

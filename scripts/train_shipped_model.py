@@ -28,6 +28,7 @@ from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1, TISSUE_LABELS
 from medseg.imageio import read_volume
 from medseg.models import MODELS
 from medseg.pipeline.metrics import dice_per_label
+from medseg.pipeline.brain_extraction import EXTRACTED_BRAIN, HEAD
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.predictor import Predictor
 from medseg.pipeline.training import pick_device
@@ -207,7 +208,9 @@ def shipped_checkpoint(name: str, trained: dict, card: dict) -> dict:
     keep = ("plan", "train_config", "val_dice_per_label", "postprocessing", "planning", "n_train_cases")
     checkpoint = {k: trained[k] for k in keep if k in trained}
     checkpoint.update(model=name, state_dict=half(trained["state_dict"]), version=1, trained_on=card["data"],
-                      trained_at=card["trained_at"], source="shipped")
+                      trained_at=card["trained_at"], source="shipped",
+                      # Weights that never saw a head get the brain-extraction stage (pipeline/brain_extraction.py).
+                      expects=HEAD if "head" in card["data"]["train"] else EXTRACTED_BRAIN)
     if "lowres" in trained:
         checkpoint["lowres"] = dict(trained["lowres"], state_dict=half(trained["lowres"]["state_dict"]))
     return checkpoint

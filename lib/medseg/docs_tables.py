@@ -45,7 +45,7 @@ def expected_inputs(card: dict) -> str:
     """What a model's shipped weights take, from what its card says they trained on."""
     if "head" in card["data"]["train"]:
         return "T1 MR of the head as scanned (skull, neck, noise, any orientation) or skull-stripped"
-    return "skull-stripped T1 MR (a skull is not handled)"
+    return "skull-stripped T1 MR; a head scan is skull-stripped first by `unet3d` (brain-extraction stage)"
 
 
 def _median_seconds(card: dict) -> float:
@@ -68,7 +68,7 @@ def model_table() -> str:
             card["description"].split(" (")[0],
             expected_inputs(card),
             " / ".join(f"{dice[k]:.2f}" for k in card["labels"]),
-            f"{colin:.2f}" if colin is not None else "not tested",
+            f"{colin:.2f}" if colin is not None else "not in its card",
             f"{_median_seconds(card):.1f}",
             f"{card['hardware']['device']}, {card['training']['seconds'] / 60:.0f} min",
         ])
@@ -78,7 +78,7 @@ def model_table() -> str:
             "medseg.docs_tables`. All label grey and white matter (GM / WM) of the brain. Held-out Dice: "
             "pseudo-subjects no model trained on; Colin27: a real head, brain-mask Dice against its "
             "skull-stripped scan; seconds: median infer time over the card's test images on the training "
-            "machine's CPU.\n\n" + markdown_table(header, rows))
+            "machine's CPU, without the brain-extraction stage (one `unet3d` run more).\n\n" + markdown_table(header, rows))
 
 
 # (file, marker key) -> the function that makes the block. Links in a block are relative to docs/.

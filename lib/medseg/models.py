@@ -17,6 +17,7 @@ from medseg.networks.slicewise import SliceWise
 from medseg.networks.swin_unet import SwinUNet
 from medseg.networks.unet import UNet
 from medseg.networks.vnet import VNet
+from medseg.pipeline.brain_extraction import EXTRACTOR_WEIGHTS, expects_extracted_brain
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.predictor import Predictor
 
@@ -98,11 +99,30 @@ class ModelSpec:
         post = checkpoint.get("postprocessing") or {}
         lcc, sides = post.get("largest_component_labels", []), post.get("side_pairs", [])
         if not self.cascade:
-            return Predictor(self.network(checkpoint), plan, device, lcc, sides)
-        from medseg.pipeline.cascade import CascadePredictor
+            predictor = Predictor(self.network(checkpoint), plan, device, lcc, sides)
+        else:
+            from medseg.pipeline.cascade import CascadePredictor
 
-        first = MODELS["cascade_lowres"].predictor(checkpoint["lowres"], device)
-        return CascadePredictor(first, self.network(checkpoint), plan, device, lcc, sides)
+            first = MODELS["cascade_lowres"].predictor(checkpoint["lowres"], device)
+            first.brain_extractor = None  # the whole cascade sees the extracted brain
+            predictor = CascadePredictor(first, self.network(checkpoint), plan, device, lcc, sides)
+        if expects_extracted_brain(checkpoint) and EXTRACTOR_WEIGHTS.exists():
+            predictor.brain_extractor = shared_brain_extractor(device)
+        return predictor
+
+
+_BRAIN_EXTRACTORS: dict[str, Predictor] = {}
+
+
+def shared_brain_extractor(device: torch.device) -> Predictor:
+    """One extractor per device for every model that needs it, so that an ensemble of them finds
+    the brain once per image (``brain_extraction.brain_mask`` remembers the last image)."""
+    key = str(device)
+    if key not in _BRAIN_EXTRACTORS:
+        from medseg.checkpoint import load_checkpoint
+
+        _BRAIN_EXTRACTORS[key] = MODELS["unet3d"].predictor(load_checkpoint(EXTRACTOR_WEIGHTS), device)
+    return _BRAIN_EXTRACTORS[key]
 
 
 MODELS: dict[str, ModelSpec] = {

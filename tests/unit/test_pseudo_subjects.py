@@ -50,3 +50,27 @@ def test_same_seed_same_subject_other_seed_other_subject(template):
     c = make_subject(*template, seed=6, index=1)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert a[0].shape != c[0].shape or not np.array_equal(a[0], c[0])
+
+
+def test_template_labels_lie_inside_the_extracted_brain(template):
+    # A label where the T1 holds nothing taught the shipped net to call the CSF rim grey matter.
+    image_t, labels_t, _ = template
+    assert not np.any((labels_t > 0) & (image_t == 0))
+
+
+def test_subjects_an_older_generator_made_are_made_again(tmp_path):
+    import json
+
+    from medseg.data.pseudo_subjects import GENERATOR_VERSION, generate
+
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "subject_000.nii.gz").write_bytes(b"made by an older generator")
+    (tmp_path / ".generator-subject-brain.json").write_text(json.dumps({"version": GENERATOR_VERSION - 1}))
+    generate(tmp_path, 1, seed=4)
+    assert (tmp_path / "images" / "subject_000.nii.gz").read_bytes()[:2] == b"\x1f\x8b"  # a real NIfTI now
+    stamp = json.loads((tmp_path / ".generator-subject-brain.json").read_text())
+    assert stamp["version"] == GENERATOR_VERSION
+    before = (tmp_path / "images" / "subject_000.nii.gz").stat().st_mtime_ns
+    generate(tmp_path, 1, seed=4)  # current: kept
+    assert (tmp_path / "images" / "subject_000.nii.gz").stat().st_mtime_ns == before

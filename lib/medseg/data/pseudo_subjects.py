@@ -52,6 +52,10 @@ class SubjectParams:
     axcodes: str = "RAS"  # head: the orientation the array is stored in
 
 
+# What a (seed, index) pair makes; bump it when that changes, so that cached subjects are made
+# again. 2: labels bounded by the template's extracted brain, temporal muscles in the heads.
+GENERATOR_VERSION = 2
+
 # Orientations a head may be stored in: RAS (NIfTI from most converters), LPS (DICOM
 # patient axes), sagittal and coronal acquisitions.
 HEAD_AXCODES = ("RAS", "RAS", "LPS", "LIA", "PIL", "ASL", "RPI")
@@ -233,10 +237,16 @@ def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix:
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "labels").mkdir(parents=True, exist_ok=True)
+    # Files an older generator made are not this (seed, index) any more: make them again.
+    stamp = out_dir / f".generator-{prefix}-{kind}.json"
+    current = stamp.exists() and json.loads(stamp.read_text()).get("version") == GENERATOR_VERSION
+    if not current:
+        for old in [*out_dir.glob(f"images/{prefix}_*.nii.gz"), *out_dir.glob(f"labels/{prefix}_*.nii.gz")]:
+            old.unlink()
     records, missing = {}, []
     for index in range(first_index, first_index + n):
         name = f"{prefix}_{index:03d}"
-        if (out_dir / "images" / f"{name}.nii.gz").exists() and (out_dir / "labels" / f"{name}.nii.gz").exists():
+        if current and (out_dir / "images" / f"{name}.nii.gz").exists() and (out_dir / "labels" / f"{name}.nii.gz").exists():
             records[index] = {"name": name, "seed": seed, "index": index}
         else:
             missing.append((name, index))
@@ -252,6 +262,8 @@ def generate(out_dir: Path, n: int, seed: int = 0, first_index: int = 0, prefix:
         template = load_template()
         for name, index in missing:
             records[index] = _write_subject(out_dir, name, seed, index, template, kind)
+    if not current:
+        stamp.write_text(json.dumps({"version": GENERATOR_VERSION}))
     return [records[i] for i in sorted(records)]
 
 

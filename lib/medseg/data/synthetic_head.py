@@ -12,7 +12,10 @@ which trains skull stripping on label maps with randomized contrasts so that no
 intensity rule can be learned, only shape and context. The layer order and
 typical thicknesses follow T1 anatomy: CSF (dark), the inner table (very dark
 cortical bone), diploe (marrow, mid to bright), the outer table, muscle and
-galea, subcutaneous fat (bright) and skin.
+galea, subcutaneous fat (bright) and skin. The temporal muscles thicken the muscle
+layer over the lower sides of the head: on Colin27 they were the largest piece of
+"grey matter" outside the brain (their T1 intensity is close to grey matter's), so
+the muscle's intensity range reaches grey matter's too.
 
 Nothing here is fitted to a real head, so a real head (Colin27 with its skull)
 stays an honest test of the result.
@@ -33,7 +36,7 @@ LAYERS = (
     ("inner_table", (1.0, 2.5), (0.02, 0.15)),
     ("diploe", (1.0, 4.5), (0.3, 0.95)),
     ("outer_table", (1.0, 2.0), (0.02, 0.15)),
-    ("muscle", (1.0, 5.0), (0.3, 0.65)),
+    ("muscle", (1.0, 5.0), (0.3, 0.85)),
     ("fat", (2.0, 6.0), (0.7, 1.25)),
     ("skin", (1.0, 2.0), (0.35, 0.8)),
 )
@@ -74,11 +77,14 @@ def add_head(brain_image: np.ndarray, rng: np.random.Generator, white_matter_lev
     distance_mm = ndimage.distance_transform_edt(~brain).astype(np.float32)
     head = brain_image.astype(np.float32).copy()
     variation = 1.0 + 0.35 * _smooth(rng, shape)
+    temporalis_mm = temporal_muscle_mm(brain, rng)
     outer = np.zeros(shape, dtype=np.float32)
     tissue = np.zeros(shape, dtype=np.int8)  # 0 air, 1.. layer index + 1
-    for i, (_name, (t_lo, t_hi), _levels) in enumerate(LAYERS):
+    for i, (name, (t_lo, t_hi), _levels) in enumerate(LAYERS):
         inner = outer
         outer = inner + rng.uniform(t_lo, t_hi) * np.clip(variation, 0.4, 2.0)
+        if name == "muscle":
+            outer = outer + temporalis_mm
         tissue[(distance_mm > inner) & (distance_mm <= outer) & ~brain] = i + 1
     _add_neck_and_face(tissue, brain, rng)
     texture = _smooth(rng, shape, points=12)  # one field; each tissue takes its own share of it
@@ -86,6 +92,20 @@ def add_head(brain_image: np.ndarray, rng: np.random.Generator, white_matter_lev
         where = tissue == i + 1
         head[where] = rng.uniform(lo, hi) * white_matter_level * (1.0 + rng.uniform(0.03, 0.12) * texture[where])
     return head
+
+
+def temporal_muscle_mm(brain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Extra muscle thickness (mm) over each temple: up to 6-16 mm at the sides of the
+    brain's lower half, fading towards the vertex, the midline and the back."""
+    box = np.argwhere(brain)
+    lo, hi = box.min(0), box.max(0)
+    center, half = (lo + hi) / 2, (hi - lo) / 2
+    x, y, z = np.ogrid[tuple(slice(0, n) for n in brain.shape)]
+    lateral = np.clip((np.abs(x - center[0]) / half[0] - 0.45) / 0.4, 0.0, 1.0)
+    height = (z - lo[2]) / max(hi[2] - lo[2], 1)  # 0 at the brain's bottom, 1 at the vertex
+    vertical = np.clip(1.0 - np.abs(height - rng.uniform(0.3, 0.45)) / 0.3, 0.0, 1.0)
+    front_to_back = np.clip(1.0 - np.abs((y - center[1]) / half[1] - rng.uniform(0.0, 0.3)) / 0.8, 0.0, 1.0)
+    return (rng.uniform(6.0, 16.0) * lateral * vertical * front_to_back).astype(np.float32)
 
 
 def _add_neck_and_face(tissue: np.ndarray, brain: np.ndarray, rng: np.random.Generator) -> None:

@@ -20,16 +20,23 @@ TEMPLATE_LABELS = TEMPLATE_DIR / "mni152_2009a_sym_tissue_labels_1mm.nii.gz"
 TISSUE_LABELS = {"grey_matter": 1, "white_matter": 2}
 
 
-def tissue_labels_from_probabilities(gm: np.ndarray, wm: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+def tissue_labels_from_probabilities(gm: np.ndarray, wm: np.ndarray, brain: np.ndarray | None = None,
+                                      threshold: float = 0.5) -> np.ndarray:
     """Hard tissue labels from GM/WM probability maps.
 
     A voxel is brain tissue where P(GM) + P(WM) > threshold (the rest is CSF or
-    outside the brain) and takes the more probable of the two tissues.
+    outside the brain) and takes the more probable of the two tissues. ``brain``
+    (the extracted T1's nonzero voxels) bounds the labels: the probability maps
+    reach 1-2 mm past the template's brain extraction (167 ml of grey matter where
+    the T1 is zero), and a label where the image holds nothing teaches a network to
+    paint the dark CSF rim around a real brain as grey matter.
     """
     if gm.shape != wm.shape:
         raise ValueError(f"GM and WM maps differ in shape: {gm.shape} vs {wm.shape}")
     labels = np.zeros(gm.shape, dtype=np.uint8)
     tissue = (gm + wm) > threshold
+    if brain is not None:
+        tissue &= brain
     labels[tissue & (gm >= wm)] = TISSUE_LABELS["grey_matter"]
     labels[tissue & (wm > gm)] = TISSUE_LABELS["white_matter"]
     return labels
@@ -61,8 +68,9 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     gm_img = nib.load(args.gm)
     wm_img = nib.load(args.wm)
+    brain = np.asarray(nib.load(str(TEMPLATE_T1)).dataobj) > 0
     labels = tissue_labels_from_probabilities(
-        np.asarray(gm_img.dataobj, dtype=np.float32), np.asarray(wm_img.dataobj, dtype=np.float32)
+        np.asarray(gm_img.dataobj, dtype=np.float32), np.asarray(wm_img.dataobj, dtype=np.float32), brain
     )
     out = nib.Nifti1Image(labels, gm_img.affine)
     out.set_data_dtype(np.uint8)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from medseg.pipeline.brain_extraction import brain_mask, extracted
 from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax
@@ -51,6 +52,9 @@ class Predictor:
         self.device = device
         self.largest_component_labels = list(largest_component_labels or [])
         self.side_pairs = [tuple(p) for p in side_pairs or []]
+        # For weights that trained on extracted brains: the predictor that finds the brain first
+        # (``pipeline.brain_extraction``); None: the volume goes in as it is.
+        self.brain_extractor: Predictor | None = None
 
     def prepare(self, volume: Volume, tta: bool) -> tuple[PreprocessedCase, dict]:
         """The network's input on the plan's grid, and the seconds each step took."""
@@ -69,7 +73,13 @@ class Predictor:
 
     def __call__(self, volume: Volume, tta: bool = False, probabilities: bool = False) -> Prediction:
         t0 = time.perf_counter()
-        case, latencies = self.prepare(volume, tta)
+        brain, latencies = None, {}
+        if self.brain_extractor is not None:
+            brain = brain_mask(self.brain_extractor, volume)
+            volume = extracted(volume, brain)
+            latencies["brain_extraction"] = round(time.perf_counter() - t0, 3)
+        case, step_latencies = self.prepare(volume, tta)
+        latencies.update(step_latencies)
         t1 = time.perf_counter()
         probs = predict_probabilities(
             self.network, torch.from_numpy(case.image), self.plan.patch_size_vox, mirror=tta, device=self.device,
@@ -83,6 +93,10 @@ class Predictor:
         else:
             labels, full = invert_labels(probs, case), None
         labels = self.postprocess(labels, case, volume)
+        if brain is not None:  # labels only inside the brain that the extractor found
+            labels[~brain] = 0
+            if full is not None:
+                full[~brain] = np.eye(full.shape[-1], dtype=full.dtype)[0]
         t3 = time.perf_counter()
         return Prediction(
             labels=labels,
