@@ -225,3 +225,44 @@ def test_a_large_region_is_worked_on_a_strided_grid_and_keeps_thick_slices():
     result = segment_object(image, (1.0, 1.0, 1.0), Interaction(np.array([[100, 90, 30]]), np.zeros((0, 3), int)))
     assert max(result.steps) > 1 and result.mask.shape == shape
     assert dice(result.mask, obj) > 0.95
+
+
+def test_refining_changes_the_prior_only_near_the_clicks_however_many_there_are():
+    # Two wrong patches of a prior, 60 mm apart, fixed by one click each in the same request:
+    # each is fixed, and nothing farther than REFINE_RADIUS_MM from a click moves, although the
+    # box around both clicks spans most of the image.
+    from scipy import ndimage
+
+    from medseg.interaction import Interaction
+    from medseg.pipeline.seeded import REFINE_RADIUS_MM, click_groups, segment_object
+
+    rng = np.random.default_rng(7)
+    shape = (110, 50, 40)
+    truth = np.zeros(shape, bool)
+    truth[10:100, 10:40, 8:32] = True  # a long bright bar
+    image = (np.where(truth, 250.0, 80.0) + rng.normal(0, 10, shape)).astype(np.float32)
+    prior = truth.copy()
+    prior[15:25, 15:25, 15:25] = False  # a hole at one end
+    prior[85:95, 40:48, 15:25] = True  # a false bump at the other
+    prior[50:60, 12:20, 10:16] = False  # an error between them that no click is near
+    interaction = Interaction(np.array([[20, 20, 20]]), np.array([[90, 44, 20]]))
+    assert len(click_groups(interaction, (1.0, 1.0, 1.0))) == 2
+    result = segment_object(image, (1.0, 1.0, 1.0), interaction, prior=prior)
+    assert result.mask[15:25, 15:25, 15:25].all() and not result.mask[85:95, 41:48, 15:25].any()
+    clicks = np.zeros(shape, bool)
+    clicks[20, 20, 20] = clicks[90, 44, 20] = True
+    far = ndimage.distance_transform_edt(~clicks) > REFINE_RADIUS_MM
+    assert np.array_equal(result.mask[far], prior[far])
+    assert not result.mask[50:60, 12:20, 10:16].any()  # the error far from both clicks stays
+
+
+def test_clicks_whose_neighbourhoods_overlap_are_refined_together():
+    from medseg.interaction import Interaction
+    from medseg.pipeline.seeded import click_groups
+
+    near = Interaction(np.array([[10, 10, 10]]), np.array([[30, 10, 10], [200, 10, 10]]))
+    groups = click_groups(near, (1.0, 1.0, 1.0))
+    assert sorted((len(g.foreground_vox), len(g.background_vox)) for g in groups) == [(0, 1), (1, 1)]
+    # On 5 mm slices, 12 slices apart is 60 mm: apart.
+    assert len(click_groups(Interaction(np.array([[10, 10, 0], [10, 10, 12]]), np.zeros((0, 3), int)),
+                            (1.0, 1.0, 5.0))) == 2

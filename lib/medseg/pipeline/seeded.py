@@ -17,13 +17,17 @@ beyond 2 M voxels), so a request costs about the same on a 512x512x300 CT as on 
 4. when the object reaches a face of the region, the region grows on that side and it all
    runs again (nnInteractive's auto-zoom idea).
 
-Refinement: with a prior segmentation, only a region around the clicks changes. The prior's
-own voxels on that region's faces are seeds, so the edit joins what was there.
+Refinement: with a prior segmentation, only the voxels within ``REFINE_RADIUS_MM`` of a click
+change. Every request carries all the clicks of an edit and the prior it started from, so the
+clicks are worked on in groups: clicks whose neighbourhoods overlap together, the others each in
+a small region of their own. Beyond that radius the prior's voxels are seeds, so an edit joins
+what was there. One region around all the clicks (the first design) let twenty clicks spread
+over a brain redo most of a trained model's white matter, and its Dice fell as clicks came.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -291,28 +295,93 @@ def _upsampled(mask: np.ndarray, steps: np.ndarray, shape) -> np.ndarray:
     return mask[tuple(slice(0, n) for n in shape)]
 
 
+def _region_work(image: np.ndarray, spacing_mm, interaction: Interaction, region: list[list[int]],
+                 prior: np.ndarray | None = None):
+    """What the walk works on in a region: its slices, strides, origin and spacing, the seeds, the
+    scaled image."""
+    sl = tuple(slice(a, b) for a, b in region)
+    steps = region_steps(region, spacing_mm)
+    coarse = tuple(slice(None, None, st) for st in steps)
+    seeds = _pooled_seeds(_seeds(interaction, region, spacing_mm, prior, image.shape), steps)
+    origin = np.array([a for a, _ in region])
+    return sl, coarse, steps, origin, np.asarray(spacing_mm) * steps, seeds, _scaled(image[sl][coarse])
+
+
+def click_groups(interaction: Interaction, spacing_mm) -> list[Interaction]:
+    """The clicks of a refinement in groups whose neighbourhoods overlap (closer than twice
+    REFINE_RADIUS_MM along every axis), each an Interaction of its own. A box or scribbles
+    keep everything in one group: they are not local."""
+    if interaction.box_vox is not None or interaction.scribbles is not None:
+        return [interaction]
+    points = np.concatenate([interaction.foreground_vox, interaction.background_vox]).reshape(-1, 3)
+    is_foreground = np.arange(len(points)) < len(interaction.foreground_vox)
+    reach_vox = 2 * REFINE_RADIUS_MM / np.asarray(spacing_mm, float)
+    group = np.arange(len(points))
+    for i in range(len(points)):  # union of overlapping neighbourhoods (a handful of clicks)
+        for j in range(i):
+            if np.all(np.abs(points[i] - points[j]) <= reach_vox) and group[i] != group[j]:
+                group[group == group[i]] = group[j]
+    out = []
+    for g in np.unique(group):
+        members = group == g
+        out.append(replace(interaction, foreground_vox=points[members & is_foreground],
+                           background_vox=points[members & ~is_foreground]))
+    return out
+
+
+def near_clicks(shape, points_vox: np.ndarray, spacing_mm) -> np.ndarray:
+    """Voxels of a region within REFINE_RADIUS_MM of a click (``points_vox``: region indices)."""
+    clicks = np.zeros(shape, bool)
+    inside = points_vox[np.all((points_vox >= 0) & (points_vox < shape), axis=1)]
+    clicks[tuple(inside.T)] = True
+    if not clicks.any():
+        return clicks
+    return ndimage.distance_transform_edt(~clicks, sampling=spacing_mm) <= REFINE_RADIUS_MM
+
+
+def refine_group(image: np.ndarray, spacing_mm, group: Interaction, prior: np.ndarray):
+    """One group of clicks applied to the prior: (the object on the group's region, its slices, strides)."""
+    region = initial_region(group, image.shape, spacing_mm, refine=True)
+    sl, coarse, steps, origin, work_spacing, seeds, scaled = _region_work(image, spacing_mm, group, region, prior)
+    clicks = np.concatenate([group.foreground_vox, group.background_vox]).reshape(-1, 3)
+    near = near_clicks(seeds.shape, (clicks - origin) // steps, work_spacing)
+    before = prior[sl][coarse]
+    seeds[~near & before] = 1  # beyond the radius the prior holds: its voxels are seeds
+    seeds[~near & ~before] = 2
+    for points, value in ((group.foreground_vox, 1), (group.background_vox, 2)):
+        expand_clicks(scaled, seeds, (points - origin) // steps, work_spacing, value)
+    candidate = candidate_object(scaled, seeds, noise_sigma(scaled))
+    local = split_by_background(scaled, seeds, candidate, work_spacing, refine=True)
+    shape = [b - a for a, b in region]
+    changed = _upsampled(near, steps, shape)
+    return np.where(changed, _upsampled(local, steps, shape), prior[sl]), sl, steps
+
+
 def segment_object(image: np.ndarray, spacing_mm, interaction: Interaction,
                    prior: np.ndarray | None = None) -> SeededResult:
     """The object after this request, on the image grid (``prior``: the object before it, if any)."""
     start = time.perf_counter()
     refine = prior is not None and bool(prior.any()) and (len(interaction.foreground_vox)
                                                           or len(interaction.background_vox))
+    if refine:
+        mask, boxes, steps = prior.copy(), [], np.ones(3, int)
+        for group in click_groups(interaction, spacing_mm):
+            local, sl, group_steps = refine_group(image, spacing_mm, group, prior)
+            mask[sl] = local
+            boxes.append(sl)
+            steps = np.maximum(steps, group_steps)
+        region_vox = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        return SeededResult(mask, region_vox, time.perf_counter() - start, 0, steps.tolist())
     region = initial_region(interaction, image.shape, spacing_mm, refine)
     growths = 0
     while True:
-        sl = tuple(slice(a, b) for a, b in region)
-        steps = region_steps(region, spacing_mm)
-        coarse = tuple(slice(None, None, st) for st in steps)
-        seeds = _pooled_seeds(_seeds(interaction, region, spacing_mm, prior if refine else None, image.shape), steps)
-        scaled = _scaled(image[sl][coarse])
-        work_spacing = np.asarray(spacing_mm) * steps
-        origin = np.array([a for a, _ in region])
+        sl, _, steps, origin, work_spacing, seeds, scaled = _region_work(image, spacing_mm, interaction, region)
         for points, value in ((interaction.foreground_vox, 1), (interaction.background_vox, 2)):
             expand_clicks(scaled, seeds, (points - origin) // steps, work_spacing, value)
         candidate = candidate_object(scaled, seeds, noise_sigma(scaled))
         # The candidate holds the object (the walk only takes from it): grow the region on it,
         # and walk once, on the final region.
-        faces = [] if refine else _touching_faces(candidate, region, image.shape)
+        faces = _touching_faces(candidate, region, image.shape)
         if not faces or growths >= MAX_GROWTHS:
             break
         growths += 1
@@ -320,7 +389,7 @@ def segment_object(image: np.ndarray, spacing_mm, interaction: Interaction,
             a, b = region[axis]
             grow = max(1, (b - a) // 2)
             region[axis] = [max(0, a - grow), b] if side == 0 else [a, min(image.shape[axis], b + grow)]
-    mask = prior.copy() if refine else np.zeros(image.shape, bool)
-    local = split_by_background(scaled, seeds, candidate, work_spacing, refine)
+    mask = np.zeros(image.shape, bool)
+    local = split_by_background(scaled, seeds, candidate, work_spacing, refine=False)
     mask[sl] = _upsampled(local, steps, [b - a for a, b in region])
     return SeededResult(mask, sl, time.perf_counter() - start, growths, steps.tolist())
