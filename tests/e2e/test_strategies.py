@@ -109,7 +109,10 @@ def test_infer_returns_non_negative_uncertainty_map_on_the_image_grid(al_server,
     assert np.allclose(entropy.affine, source.affine, atol=1e-4)
     assert data.min() >= 0 and data.max() <= math.log(3) + 1e-4
     assert data.max() > 0.1  # tissue borders are uncertain
-    assert np.median(data) < 0.05  # the background is not
+    # The background is not (the median over the whole volume mixes in the tissue, half of
+    # whose voxels lie near a border on a 1.2-1.8 mm grid).
+    background = np.asarray(source.dataobj) == 0
+    assert background.mean() > 0.3 and np.median(data[background]) < 0.05
 
 
 def test_uncertainty_map_is_never_stored_as_a_label(al_server):
