@@ -104,7 +104,6 @@ class ModelSpec:
             from medseg.pipeline.cascade import CascadePredictor
 
             first = MODELS["cascade_lowres"].predictor(checkpoint["lowres"], device)
-            first.brain_extractor = None  # the whole cascade sees the extracted brain
             predictor = CascadePredictor(first, self.network(checkpoint), plan, device, lcc, sides)
         if expects_extracted_brain(checkpoint) and EXTRACTOR_WEIGHTS.exists():
             predictor.brain_extractor = shared_brain_extractor(device)

@@ -16,13 +16,13 @@ from medseg.pipeline.inference import predict_probabilities
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax
 from medseg.pipeline.sides import assign_sides, right_of_world_x
-from medseg.volume import Volume
 from medseg.pipeline.preprocess import (
     PreprocessedCase,
     invert_labels,
     invert_probabilities,
     preprocess,
 )
+from medseg.volume import Volume
 
 
 @dataclass

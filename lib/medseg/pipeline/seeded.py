@@ -313,14 +313,14 @@ def click_groups(interaction: Interaction, spacing_mm) -> list[Interaction]:
     keep everything in one group: they are not local."""
     if interaction.box_vox is not None or interaction.scribbles is not None:
         return [interaction]
+    from scipy.sparse.csgraph import connected_components
+
     points = np.concatenate([interaction.foreground_vox, interaction.background_vox]).reshape(-1, 3)
     is_foreground = np.arange(len(points)) < len(interaction.foreground_vox)
     reach_vox = 2 * REFINE_RADIUS_MM / np.asarray(spacing_mm, float)
-    group = np.arange(len(points))
-    for i in range(len(points)):  # union of overlapping neighbourhoods (a handful of clicks)
-        for j in range(i):
-            if np.all(np.abs(points[i] - points[j]) <= reach_vox) and group[i] != group[j]:
-                group[group == group[i]] = group[j]
+    # Clicks whose neighbourhoods overlap are linked; the groups are the linked components.
+    overlap = np.all(np.abs(points[:, None, :] - points[None, :, :]) <= reach_vox, axis=-1)
+    _, group = connected_components(overlap, directed=False)
     out = []
     for g in np.unique(group):
         members = group == g
