@@ -329,7 +329,7 @@ def test_a_cpu_plan_keeps_the_data_spacing_when_the_images_are_small_enough():
 
 def test_lateralized_labels_are_never_mirrored_left_right():
     from medseg.pipeline.augment import mirror
-    from medseg.pipeline.plan import is_lateralized
+    from medseg.pipeline.sides import is_lateralized
 
     assert is_lateralized({"left_lung": 1, "right lung": 2}) and is_lateralized({"hippocampus_l": 1})
     assert not is_lateralized({"grey_matter": 1, "lumbar_vertebral_column": 2, "cleft": 3})
@@ -341,3 +341,33 @@ def test_lateralized_labels_are_never_mirrored_left_right():
     for seed in range(20):
         flipped, lab = mirror(image, label, torch.Generator().manual_seed(seed), plan.mirror_axes)
         assert torch.equal(flipped[0, :, 0, 0].sort().values, flipped[0, :, 0, 0])  # axis 0 never reversed
+
+
+def test_foreground_patches_pick_a_class_first_so_a_small_label_is_seen_as_often_as_a_large_one():
+    from medseg.pipeline.preprocess import PreprocessedCase
+    from medseg.pipeline.training import FOREGROUND_SAMPLES_PER_CLASS, PatchSampler, foreground_voxels
+
+    label = np.zeros((60, 60, 60), np.uint8)
+    label[5:55, 5:55, 5:40] = 1  # 87 500 voxels of "tissue"
+    label[50:53, 50:53, 50:53] = 2  # 27 voxels of "vertebra", outside the tissue
+    coords = foreground_voxels(label)
+    assert (label[tuple(coords.T)] == 2).sum() == 27 and (label[tuple(coords.T)] == 1).sum() == FOREGROUND_SAMPLES_PER_CLASS
+    case = PreprocessedCase(image=np.zeros((1, 60, 60, 60), np.float32), label=label, original_shape=label.shape,
+                            bbox=((0, 60),) * 3, cropped_shape=label.shape, foreground_vox=coords)
+    sampler = PatchSampler([case], [8, 8, 8], foreground_fraction=1.0, seed=0)
+    _, labels = sampler.batch(400)
+    with_small = int(sum(bool((patch == 2).any()) for patch in labels))
+    assert 160 <= with_small <= 240  # about half; sampling over all foreground gives about 0
+
+
+def test_labels_told_apart_by_level_are_never_mirrored_head_to_foot():
+    from medseg.pipeline.sides import mirror_axes_for, ordered_axes
+
+    spine = {"cervical vertebral column": 1, "thoracic vertebral column": 2, "lumbar_vertebral_column": 3}
+    assert ordered_axes(spine) == {2} and ordered_axes({"tissue": 1}) == set()
+    assert ordered_axes({"posterior_horn": 1, "left_lung": 2}) == {0, 1}
+    cases = [CaseFingerprint("x", [1.0, 1.0, 1.0], [40, 40, 40], [1.0])]
+    chest = {"ribs": 1, **{k: v + 1 for k, v in spine.items()}, "right_lung": 5, "left_lung": 6, "tissue": 7}
+    plan = make_plan(cases, chest, gpu_memory_budget_gb=0.01, base_features=4)
+    assert plan.mirror_axes == [1] == mirror_axes_for(chest)
+    assert mirror_axes_subsets(3, plan.patch_size_vox, plan.mirror_axes) == [(), (3,)]

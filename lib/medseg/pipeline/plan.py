@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.pipeline.sides import is_lateralized
+from medseg.pipeline.sides import mirror_axes_for
 
 ANISOTROPY_RATIO = 3.0
 MIN_AXIS_VOX_TO_POOL = 8
@@ -116,7 +116,8 @@ class Plan:
     planned_for: str = "gpu"  # the machine the plan was sized for: "gpu", "cpu" or "cpu (gpu_memory_gb set)"
     data_spacing_mm: list[float] | None = None  # the data's own target spacing, when the machine coarsened it
     # Axes mirroring may flip (augmentation and TTA); None: all. Arrays are in RAS order, so
-    # axis 0 is left-right, which lateralized labels (left lung, right kidney) must keep.
+    # axis 0 is left-right, which lateralized labels (left lung, right kidney) must keep, and
+    # axis 2 is the level, which "cervical" / "lumbar" labels must keep (sides.mirror_axes_for).
     mirror_axes: list[int] | None = None
 
     @property
@@ -386,7 +387,7 @@ def make_plan(
         previous_stage_spacing_mm=lowres if stage == "cascade_fullres" else None,
         planned_for=planned_for,
         data_spacing_mm=data_spacing if spacing != data_spacing else None,
-        mirror_axes=[1, 2] if is_lateralized(labels) else None,
+        mirror_axes=mirror_axes_for(labels),
     )
     if fg.size > 1:
         p005, p995 = np.percentile(fg, [0.5, 99.5])

@@ -27,7 +27,8 @@ from medseg.pipeline.postprocess import class_argmax
 
 # Part of the training cache key: cached cases made by an older preprocessing are
 # not reused. 2: RAS reorientation and the intensity foreground (was: nonzero).
-PREPROCESSING_VERSION = 2
+# 3: foreground coordinates sampled per class.
+PREPROCESSING_VERSION = 3
 
 
 @dataclass

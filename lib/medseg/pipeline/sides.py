@@ -36,6 +36,33 @@ def is_lateralized(labels: dict[str, int]) -> bool:
     return any(side_of(name)[0] for name in labels)
 
 
+# Words that order labels along the body's other two axes, as arrays are in RAS: a
+# mirrored patch would show a lumbar vertebra where the cervical ones are, under its own
+# label, and teach the network that the level of a vertebra is not where it lies.
+AXIS_ORDER_WORDS = {
+    1: ("anterior", "posterior", "ventral", "dorsal", "front", "back"),
+    2: ("superior", "inferior", "upper", "lower", "cranial", "caudal", "cervical", "thoracic", "lumbar",
+        "sacral", "coccygeal"),
+}
+
+
+def ordered_axes(labels: dict[str, int]) -> set[int]:
+    """RAS axes along which label names tell structures apart by position: 0 for sides,
+    1 for front/back, 2 for levels ("cervical_vertebral_column" and "lumbar_vertebral_column")."""
+    axes = {0} if is_lateralized(labels) else set()
+    for name in labels:
+        words = set(re.split(r"[^a-z0-9]+", name.lower()))
+        axes |= {axis for axis, order in AXIS_ORDER_WORDS.items() if words & set(order)}
+    return axes
+
+
+def mirror_axes_for(labels: dict[str, int]) -> list[int] | None:
+    """The axes augmentation and TTA may flip: all (None) unless a label is told apart by its
+    position along some axis."""
+    ordered = ordered_axes(labels)
+    return [axis for axis in range(3) if axis not in ordered] if ordered else None
+
+
 def lateral_pairs(labels: dict[str, int]) -> list[tuple[int, int]]:
     """(left value, right value) of each pair of labels whose names differ only by the side."""
     by_stem: dict[str, dict[str, int]] = {}
