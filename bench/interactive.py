@@ -7,12 +7,16 @@ up to 20 interactions (``medseg.pipeline.click_simulation``). Every request is a
 ``POST /infer/interactive`` with all clicks so far, timed as the caller sees it (answer
 decoded). NoC@t counts the clicks until Dice >= t; a case that never gets there counts 20.
 
-Data, none of which any model here was trained on:
-* Colin27 with its skull (``sample-data/colin27/ch2``, a real 1 mm T1): the brain (``ch2bet``)
-  and every 24th AAL region (labels 1, 25, 49, 73, 97);
-* the slicerio chest CT (128x128x34 at 3x3x10 mm): its 7 labels;
-* a synthetic clinical-size CT (512x512x60 at 0.6x0.6x5 mm, ``bench/clinical_ct.py``): 4 organs,
-  for the time per click at that size;
+Both methods run on every group: ``learned`` (the shipped class-agnostic interactive model)
+and ``seeded`` (learning-free). Data:
+* held-out structures: AAL regions 2, 26, 50, 74, 98 of Colin27 with its skull
+  (``sample-data/colin27/ch2``, a real 1 mm T1). The learned model trained on the odd-numbered
+  regions only, so no weights ever saw these;
+* structures of the training kind (the learned model trained on them, on this same scan):
+  AAL regions 1, 25, 49, 73, 97, the brain (``ch2bet``), and the 7 labels of the slicerio
+  chest CT (128x128x34 at 3x3x10 mm);
+* a synthetic clinical-size CT (512x512x60 at 0.6x0.6x5 mm, ``bench/clinical_ct.py``): 4 organs
+  no model trained on, for the time per click at that size;
 * automatic prediction plus clicks: a held-out synthetic head (pseudo-subject seed 1000), the
   shipped ``unet3d``'s segmentation stored as the prior (``prior_tag``), its white matter
   corrected by clicks.
@@ -42,7 +46,10 @@ from server import BenchServer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 COLIN = REPO / "sample-data" / "colin27"
-AAL_REGIONS = list(range(1, 117, 24))
+AAL_TRAINED = list(range(1, 117, 24))
+AAL_HELD_OUT = list(range(2, 117, 24))
+METHODS = ("learned", "seeded")
+TARGET_NOC85_HELD_OUT = 5
 THRESHOLDS = (0.80, 0.85, 0.90)
 TARGET_S = {"colin27": 1.0, "clinical_ct": 1.5}
 
@@ -64,7 +71,7 @@ def prepare(studies: Path) -> dict:
     colin = read_volume(str(studies / "colin27.nii.gz"))
     aal = np.rint(read_volume(str(COLIN / "aal.nii.gz")).array).astype(int)
     objects = {"brain": read_volume(str(COLIN / "ch2bet.nii.gz")).array > 0}
-    objects.update({f"aal_{r}": aal == r for r in AAL_REGIONS})
+    objects.update({f"aal_{r}": aal == r for r in AAL_TRAINED + AAL_HELD_OUT})
     cases["colin27"] = (objects, colin.spacing_mm)
 
     data = resources.files("slicerio") / "data"
@@ -139,13 +146,14 @@ def plot(groups: dict, out: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, g in groups.items():
         curve = g["summary"]["mean_dice_per_click"]
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name,
+                linestyle="-" if g.get("method") == "learned" else "--")
     ax.set_xlabel("interactions")
     ax.set_ylabel("mean Dice")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title("Learning-free guided editing (intensity growing, geodesic split), simulated clicks")
+    ax.set_title("Guided editing, simulated clicks: learned (solid) and learning-free (dashed)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
 
@@ -162,45 +170,56 @@ def main(argv=None) -> None:
     groups = {}
     with BenchServer(studies, {"models": "unet3d", "al_auto_scoring": "false"}, work / "server.log") as srv:
         with ProcessTreeMonitor(srv.proc.pid) as memory:
-            plan = [("colin27 AAL regions, clicks", "colin27", lambda n: n.startswith("aal"), False),
+            plan = [("colin27 held-out AAL regions, clicks", "colin27", lambda n: _aal(n, AAL_HELD_OUT), False),
+                    ("colin27 AAL regions of the training kind, clicks", "colin27", lambda n: _aal(n, AAL_TRAINED),
+                     False),
                     ("colin27 brain, clicks", "colin27", lambda n: n == "brain", False),
                     ("chest CT labels, clicks", "chest_ct", lambda n: True, False),
                     ("chest CT labels, box then clicks", "chest_ct", lambda n: True, True),
                     ("clinical-size CT organs, clicks", "clinical_ct", lambda n: True, False)]
-            for title, image_id, wanted, box_first in plan:
-                objects, spacing = cases[image_id]
-                runs = {name: click_object(srv.url, image_id, truth, spacing, args.max_clicks, box_first)
-                        for name, truth in objects.items() if wanted(name)}
-                groups[title] = {"image": image_id, "runs": runs, "summary": summarize(runs, args.max_clicks)}
-                print(title, json.dumps(groups[title]["summary"]), flush=True)
-            groups["held-out head white matter, unet3d then clicks"] = refine_automatic(srv.url, cases,
-                                                                                        args.max_clicks)
+            for method in METHODS:
+                for title, image_id, wanted, box_first in plan:
+                    objects, spacing = cases[image_id]
+                    runs = {name: click_object(srv.url, image_id, truth, spacing, args.max_clicks, box_first,
+                                               extra={"method": method})
+                            for name, truth in objects.items() if wanted(name)}
+                    groups[f"{title} ({method})"] = {"image": image_id, "method": method, "runs": runs,
+                                                     "summary": summarize(runs, args.max_clicks)}
+                    print(title, method, json.dumps(groups[f"{title} ({method})"]["summary"]), flush=True)
+                groups[f"held-out head white matter, unet3d then clicks ({method})"] = refine_automatic(
+                    srv.url, cases, args.max_clicks, method)
         peak_rss_gb = round(memory.result()["peak_rss_mb"] / 1024, 2)
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    targets = {f"median_s_per_click_{k}": {"target": t, "measured": groups[g]["summary"]["median_s_per_click"],
-                                            "met": groups[g]["summary"]["median_s_per_click"] <= t}
-               for k, t, g in (("colin27", TARGET_S["colin27"], "colin27 AAL regions, clicks"),
+    summary = lambda title, method: groups[f"{title} ({method})"]["summary"]  # noqa: E731
+    targets = {f"median_s_per_click_{k} (learned)": {"target": t, "measured": summary(g, "learned")["median_s_per_click"],
+                                                      "met": summary(g, "learned")["median_s_per_click"] <= t}
+               for k, t, g in (("colin27", TARGET_S["colin27"], "colin27 held-out AAL regions, clicks"),
                                ("clinical_ct", TARGET_S["clinical_ct"], "clinical-size CT organs, clicks"))}
-    result = {"machine": info, "method": "seeded_geodesic (learning-free)", "max_clicks": args.max_clicks,
+    held_out = {m: summary("colin27 held-out AAL regions, clicks", m)["noc@85"] for m in METHODS}
+    targets["noc@85_held_out_aal (learned)"] = {"target": TARGET_NOC85_HELD_OUT, "measured": held_out["learned"],
+                                                "met": held_out["learned"] <= TARGET_NOC85_HELD_OUT}
+    targets["learned_beats_seeded_on_held_out_aal"] = {"learned": held_out["learned"], "seeded": held_out["seeded"],
+                                                       "met": held_out["learned"] < held_out["seeded"]}
+    result = {"machine": info, "methods": list(METHODS), "max_clicks": args.max_clicks,
               "data": __doc__.split("\n\n")[2].replace("\n", " "), "server_peak_rss_gb": peak_rss_gb,
               "targets": targets, "groups": groups}
     out = REPO / "bench" / "results" / f"interactive_{info['device']}.json"
     out.write_text(json.dumps(result, indent=1))
     plot(groups, out.with_suffix(".png"))
     print(f"wrote {out}")
-    rows = [[title, str(g["summary"]["objects"]), *(f"{g['summary'][f'noc@{int(t * 100)}']:.1f}" for t in THRESHOLDS),
+    rows = [[title.rsplit(" (", 1)[0], g["method"], str(g["summary"]["objects"]), *(f"{g['summary'][f'noc@{int(t * 100)}']:.1f}" for t in THRESHOLDS),
              f"{g['summary']['mean_dice_per_click'][0]:.2f}", f"{g['summary']['mean_dice_per_click'][-1]:.2f}",
              f"{g['summary']['median_s_per_click']:.2f}"] for title, g in groups.items()]
-    caption = (f"Learning-free guided editing through REST, generated by `bench/interactive.py` on {info['date']} "
+    caption = (f"Guided editing through REST, learned and learning-free, generated by `bench/interactive.py` on {info['date']} "
                f"({info['cpu']}, {info['threads']} threads, load {info['load_average_before']}); server peak RSS "
                f"{peak_rss_gb} GB. NoC: clicks to reach the Dice (20 when never).")
-    header = ["objects", "n", "NoC@80", "NoC@85", "NoC@90", "Dice after 1", f"Dice after {args.max_clicks}",
+    header = ["objects", "method", "n", "NoC@80", "NoC@85", "NoC@90", "Dice after 1", f"Dice after {args.max_clicks}",
               "median s per click"]
     for readme in (REPO / "bench" / "README.md", REPO / "docs" / "interactive.md"):
         update_readme_table(readme, f"interactive_{info['device']}", header, rows, caption)
 
 
-def refine_automatic(url: str, cases: dict, max_clicks: int) -> dict:
+def refine_automatic(url: str, cases: dict, max_clicks: int, method: str) -> dict:
     """White matter of a held-out synthetic head: the shipped unet3d's prediction stored as the prior, then clicks."""
     sys.path.insert(0, str(REPO))
     from tests.e2e.helpers import parse_multipart_label
@@ -211,10 +230,14 @@ def refine_automatic(url: str, cases: dict, max_clicks: int) -> dict:
     automatic = np.asarray(parse_multipart_label(r)[0].dataobj) == 2
     (objects, spacing) = cases["head"]
     truth = objects["white_matter"]
-    runs = {"white_matter": click_object(url, "head", truth, spacing, max_clicks,
-                                         extra={"label": "white_matter", "prior_tag": "original"}, start=automatic)}
+    runs = {"white_matter": click_object(url, "head", truth, spacing, max_clicks, start=automatic,
+                                         extra={"label": "white_matter", "prior_tag": "original", "method": method})}
     runs["white_matter"]["dice_before_clicks"] = round(dice(automatic, truth), 4)
-    return {"image": "head", "runs": runs, "summary": summarize(runs, max_clicks)}
+    return {"image": "head", "method": method, "runs": runs, "summary": summarize(runs, max_clicks)}
+
+
+def _aal(name: str, regions: list[int]) -> bool:
+    return name.startswith("aal_") and int(name[4:]) in regions
 
 
 if __name__ == "__main__":

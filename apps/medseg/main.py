@@ -29,6 +29,7 @@ from medseg.request_options import infer_options
 from medseg.volume_cache import VolumeCache
 from medseg.tasks.infer import AutoInferTask, EnsembleInferTask, MedSegInferTask, UploadedImage, device_name
 from medseg.tasks.interactive import INTERACTIVE_MODEL, InteractiveInferTask, split_interactive_options
+from medseg.tasks.interactive_train import InteractiveTrainTask, interactive_store
 from medseg.tasks.train import train_tasks
 
 logger = logging.getLogger(__name__)
@@ -76,11 +77,13 @@ class MedSegApp(MONAILabelApp):
         ensemble = EnsembleInferTask(members, self.cfg.labels, self.cfg.tta)
         infers["ensemble"] = ensemble
         infers["auto"] = AutoInferTask(members, self.cfg.labels, self.cfg.tta, ensemble, self.cfg.work_dir)
-        infers[INTERACTIVE_MODEL] = InteractiveInferTask(self.cfg.labels, VolumeCache(self.cfg.interactive_cache_mb << 20))
+        infers[INTERACTIVE_MODEL] = InteractiveInferTask(self.cfg.labels, VolumeCache(self.cfg.interactive_cache_mb << 20),
+                                                         interactive_store(self.cfg), self.cfg.device)
         return infers
 
     def init_trainers(self):
-        return train_tasks(self.cfg, self.stores)
+        return {**train_tasks(self.cfg, self.stores),
+                INTERACTIVE_MODEL: InteractiveTrainTask(interactive_store(self.cfg), self.cfg.work_dir, self.cfg.device)}
 
     def infer(self, request, datastore=None):
         """Every inference comes through here (REST, batch, scoring): its image and options checked first.

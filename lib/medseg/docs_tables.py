@@ -81,11 +81,38 @@ def model_table() -> str:
             "machine's CPU, without the brain-extraction stage (one `unet3d` run more).\n\n" + markdown_table(header, rows))
 
 
+def interactive_card_table() -> str:
+    """The interactive model's card: what it trained on, and its quick check on Colin27's AAL regions."""
+    path = MODEL_DIR / "interactive" / "model_card.json"
+    if not path.exists():
+        return "No interactive weights are shipped: guided editing is learning-free only."
+    card = json.loads(path.read_text())
+    check = card["quick_check"]
+    rows = []
+    for name, what in (("held_out_aal", "held-out AAL regions (never trained on)"),
+                       ("trained_aal", "AAL regions of the training kind")):
+        curve = check[name]["mean_dice_per_click"]
+        noc = next(v for k, v in check[name].items() if k.startswith("noc@85"))
+        rows.append([what, str(len(check[name]["regions"])),
+                     " / ".join(f"{curve[n - 1]:.2f}" for n in (1, 3, 5, len(curve))), f"{noc:.1f}"])
+    objects = ", ".join(f"{k} {v}" for k, v in card["data"]["objects"].items() if not k.startswith("lesions"))
+    lesions = sum(v for k, v in card["data"]["objects"].items() if k.startswith("lesions"))
+    return (f"Generated from `apps/medseg/model/interactive/model_card.json` by `python -m medseg.docs_tables`. "
+            f"[`interactive`](../apps/medseg/model/interactive/MODEL_CARD.md): {card['description']}; "
+            f"{card['network']['parameters']:,} parameters, trained "
+            f"{card['training']['seconds'] / 60:.0f} min on a CPU ({card['training']['iterations']} iterations) on "
+            f"objects: {objects}, and {lesions} synthetic lesions. Quick check in the training script (the model "
+            f"called directly, simulated clicks on Colin27; `bench/interactive.py` measures through REST):\n\n"
+            + markdown_table(["objects", "n", f"Dice after 1 / 3 / 5 / {len(curve)} clicks",
+                              f"NoC@85 (of {len(curve)})"], rows))
+
+
 # (file, marker key) -> the function that makes the block. Links in a block are relative to docs/.
 GENERATED = {
     ("docs/configuration.md", "conf-keys"): conf_table,
     ("docs/models.md", "model-cards"): model_table,
     ("README.md", "model-cards"): lambda: model_table().replace("](../", "]("),
+    ("docs/interactive.md", "interactive-model-card"): interactive_card_table,
 }
 
 

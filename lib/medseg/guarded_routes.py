@@ -33,6 +33,7 @@ from monailabel.utils.others.generic import remove_file
 from medseg.errors import MedSegInputError, UnknownModelError, UnsupportedMediaError
 from medseg.request_options import json_object, number, text
 from medseg.tasks.infer import UploadedImage
+from medseg.tasks.interactive_train import InteractiveTrainTask, check_interactive_train_request
 from medseg.tasks.train import check_train_request
 
 logger = logging.getLogger(__name__)
@@ -158,13 +159,19 @@ def _trainer(model: str):
     return trainers[model]
 
 
+def _checked_options(trainer, params: dict) -> dict:
+    """The interactive model has options of its own; every other model takes TrainConfig's."""
+    if isinstance(trainer, InteractiveTrainTask):
+        return check_interactive_train_request(params)
+    return check_train_request(params)
+
+
 @router.post("/train/{model}", summary="Run training for one model (options checked first)")
 def post_train(model: str, params: Optional[dict] = Body(None), run_sync: Optional[bool] = False,
                enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
     from monailabel.endpoints.train import run_model
 
-    _trainer(model)
-    return run_model(model, check_train_request(params or {}), run_sync, enqueue)
+    return run_model(model, _checked_options(_trainer(model), params or {}), run_sync, enqueue)
 
 
 @router.post("/train/", include_in_schema=False, deprecated=True)
@@ -174,10 +181,10 @@ def post_train_all(params: Optional[dict] = Body(None), run_sync: Optional[bool]
 
     params = params or {}
     for model, options in params.items():
-        _trainer(model)
+        trainer = _trainer(model)
         if not isinstance(options, dict):
             raise MedSegInputError(f"params[{model!r}] must be a JSON object of training options")
-        params[model] = check_train_request(options)
+        params[model] = _checked_options(trainer, options)
     return run(params, run_sync)
 
 

@@ -25,7 +25,7 @@ class VolumeCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def _key(path: str) -> tuple:
+    def key(path: str) -> tuple:
         st = os.stat(path)
         return os.path.realpath(path), st.st_size, st.st_mtime_ns
 
@@ -35,7 +35,7 @@ class VolumeCache:
 
     def get(self, path: str) -> Volume:
         """The volume at ``path``, from memory when it has not changed on disk."""
-        key = self._key(path)
+        key = self.key(path)
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)

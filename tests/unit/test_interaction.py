@@ -67,7 +67,7 @@ def test_one_click_inside_an_object_selects_it_on_any_grid(task, tmp_path, grid)
     mask, meta = answer(task, {"image": path, "foreground": [[16, 20, 12]], "label": "lesion"})
     assert mask.shape == SHAPE and set(np.unique(mask)) <= {0, 1}
     assert dice(mask > 0, obj) > 0.85, grid
-    assert meta["label_names"] == {"lesion": 1} and meta["method"] == "seeded_geodesic"
+    assert meta["label_names"] == {"lesion": 1} and meta["method"] == "seeded"
     assert not (mask[30:44, 8:32, 4:20] > 0).any()  # the neighbouring structure stays out
 
 

@@ -1,20 +1,29 @@
 """MONAI Label infer task of type ``deepgrow``: clicks, a box or scribbles -> one object's label.
 
-The request's guidance is checked against the image grid (``medseg.interaction``), the object
-is found learning-free (``medseg.pipeline.seeded``: intensity-band growing from the clicks, split
-geodesically by background guidance) in a region around the
-guidance, and the answer is a label on the image's exact grid with the object as 1, which is
-what MONAI Label's Slicer plugin writes into the segment being edited.
+The request's guidance is checked against the image grid (``medseg.interaction``), and the
+object is found by one of two methods:
+- ``learned``: the class-agnostic interactive network (``medseg.pipeline.interactive_model``),
+  when its weights are there (shipped, or trained here by ``POST /train/interactive``);
+- ``seeded``: learning-free (``medseg.pipeline.seeded``: intensity-band growing from the clicks,
+  split geodesically by background guidance), for a cold start and for scribbles.
+``seeded`` is the default: on the benchmark (bench/interactive.py) the shipped learned weights
+beat it on brain-atlas regions but not on large or high-contrast objects; ``learned`` is asked for.
+A request that continues an edit starts from that edit's last answer (``medseg.edit_sessions``),
+so only the new clicks are worked on. The answer is a label on the image's exact grid with the
+object as 1, which is what MONAI Label's Slicer plugin writes into the segment being edited.
 """
 from __future__ import annotations
 
 import os
 import tempfile
 import time
+from dataclasses import replace
 
 import numpy as np
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
+from medseg.checkpoint import ModelStore
+from medseg.edit_sessions import EditSessions
 from medseg.errors import MedSegInputError, UnknownImageError
 from medseg.imageio import read_volume, write_like
 from medseg.interaction import (
@@ -26,17 +35,20 @@ from medseg.interaction import (
 )
 from medseg.ids import label_tag
 from medseg.labels import check_label_against_image
+from medseg.pipeline.interactive_model import InteractiveModel, network_from_checkpoint
 from medseg.pipeline.seeded import CLICK_RADIUS_MM, segment_object
+from medseg.pipeline.training import pick_device
 from medseg.request_options import choice, number
 from medseg.volume_cache import VolumeCache
 
 INTERACTIVE_MODEL = "interactive"
-METHOD = "seeded_geodesic"  # learning-free; a learned model will be another method
+METHODS = ("seeded", "learned")
+DEFAULT_METHOD = "seeded"
 # Keys an interactive request may carry besides the label-named click lists (DeepEdit) and
 # the generic infer options. "reset_state" and "slice" come from MONAI Label's Slicer plugin
 # (its 2D models' state); they do not apply to a 3D walk and are ignored.
 INTERACTIVE_KEYS = ("foreground", "background", "box", "roi", "label", "prior_tag", "prior_path", "label_kind",
-                    "foreground_scribble", "background_scribble", "label_file", "reset_state", "slice")
+                    "foreground_scribble", "background_scribble", "label_file", "reset_state", "slice", "method")
 
 
 def split_interactive_options(params: dict, labels: dict[str, int]) -> tuple[dict, dict]:
@@ -53,6 +65,8 @@ def split_interactive_options(params: dict, labels: dict[str, int]) -> tuple[dic
         ours["prior_tag"] = label_tag(ours["prior_tag"])
     if "label_kind" in ours:
         choice("label_kind", ours["label_kind"], LABEL_KINDS)
+    if "method" in ours:
+        choice("method", ours["method"], METHODS)
     return ours, rest
 
 
@@ -65,23 +79,41 @@ def _uploaded_label(path: str, image, what: str):
 
 
 class InteractiveInferTask(InferTask):
-    def __init__(self, labels: dict[str, int], cache: VolumeCache):
+    def __init__(self, labels: dict[str, int], cache: VolumeCache, store: ModelStore | None = None,
+                 device: str = "auto"):
         super().__init__(
             type=InferType.DEEPGROW,
             labels=list(labels),
             dimension=3,
-            description="Guided editing from foreground/background clicks, a box or scribbles: one object, "
-            "learning-free (intensity growing and geodesic split), on any anatomy",
-            config={"click_radius_mm": CLICK_RADIUS_MM},
+            description="Guided editing from foreground/background clicks, a box or scribbles: one object of any "
+            "anatomy, by a class-agnostic network (method learned) or learning-free (method seeded)",
+            config={"click_radius_mm": CLICK_RADIUS_MM, "method": METHODS},
         )
         self.app_labels = dict(labels)
         self.cache = cache
+        self.store = store
+        self.device = device
+        self.edits = EditSessions()
+        self._model: tuple[int, InteractiveModel] | None = None
 
     def is_valid(self) -> bool:
-        return True  # needs no weights
+        return True  # the learning-free method needs no weights
 
     def info(self):
-        return {**super().info(), "method": METHOD, "cache": self.cache.stats()}
+        checkpoint = self.store.load() if self.store else None
+        return {**super().info(), "methods": {"learned": checkpoint is not None, "seeded": True},
+                "weights_version": (checkpoint or {}).get("version"), "cache": self.cache.stats(),
+                "edits": self.edits.stats()}
+
+    def learned_model(self) -> tuple[InteractiveModel, int] | None:
+        """The network of the current weights (re-read when they change), and their version."""
+        checkpoint = self.store.load() if self.store else None
+        if checkpoint is None:
+            return None
+        if self._model is None or self._model[0] != id(checkpoint):
+            self._model = (id(checkpoint), InteractiveModel(network_from_checkpoint(checkpoint),
+                                                            pick_device(self.device)))
+        return self._model[1], int(checkpoint.get("version") or 0)
 
     def _object_of(self, label_map: np.ndarray, label: str | None) -> np.ndarray:
         return label_map == self.app_labels[label] if label else label_map > 0
@@ -118,7 +150,28 @@ class InteractiveInferTask(InferTask):
         volume = self.cache.get(image_path)
         read_s = time.perf_counter() - start
         interaction, prior = self.guidance(request, volume)
-        result = segment_object(volume.array, volume.spacing_mm, interaction, prior)
+        method, learned = self._method(request.get("method", DEFAULT_METHOD), interaction)
+        edit_key = (VolumeCache.key(image_path), interaction.label, (method, learned[1] if learned else None),
+                    None if interaction.box_vox is None else [b.tolist() for b in interaction.box_vox])
+        # The learning-free method starts a new object from all its clicks each time (1-2 s); an
+        # edit of a prior continues from its last answer, which saves redoing every earlier click.
+        continues = interaction.scribbles is None and (method == "learned" or prior is not None)
+        continued = self.edits.find(*edit_key, interaction.foreground_vox,
+                                    interaction.background_vox) if continues else None
+        previous = continued.previous if continued else prior
+        if method == "learned":
+            result = learned[0].segment(volume.array, volume.spacing_mm, interaction.foreground_vox,
+                                        interaction.background_vox, interaction.box_vox, previous,
+                                        focus_vox=continued.new_vox if continued else None)
+            details = {"zoom_outs": result.zoom_outs, "patch_spacing_mm": result.patch_spacing_mm,
+                       "weights_version": learned[1]}
+        else:
+            todo = interaction if not continued else replace(
+                interaction, foreground_vox=_among(continued.new_vox, interaction.foreground_vox),
+                background_vox=_among(continued.new_vox, interaction.background_vox))
+            result = segment_object(volume.array, volume.spacing_mm, todo, previous)
+            details = {"region_growths": result.growths}
+        self.edits.remember(*edit_key, interaction.foreground_vox, interaction.background_vox, result.mask)
         t = time.perf_counter()
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="medseg_interactive_")
         os.close(fd)
@@ -126,12 +179,30 @@ class InteractiveInferTask(InferTask):
         name = interaction.label or "object"
         return out_path, {
             "label_names": {name: 1},
-            "method": METHOD,
+            "method": method,
             "latencies": {"pre": round(read_s, 3), "infer": round(result.seconds, 3),
                           "post": round(time.perf_counter() - t, 3)},
-            "region_vox": [[s.start, s.stop] for s in result.region_vox],
-            "region_growths": result.growths,
-            "refined": prior is not None,
+            "region_vox": [[int(s.start), int(s.stop)] for s in result.region_vox],
+            **details,
+            "refined": previous is not None,
+            "continued_edit": continued is not None,
             "object_voxels": int(result.mask.sum()),
             "output": "labels",
         }
+
+    def _method(self, asked: str, interaction) -> tuple[str, tuple | None]:
+        if choice("method", asked, METHODS) == "seeded":
+            return "seeded", None
+        learned = self.learned_model()
+        if learned is None:
+            raise MedSegInputError("method learned needs the interactive model's weights, which this server "
+                                   "does not have; use method seeded, or train it with POST /train/interactive")
+        if interaction.scribbles is not None:
+            raise MedSegInputError("the learned model takes clicks and a box; scribbles need method seeded")
+        return "learned", learned
+
+
+def _among(points: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """The rows of ``points`` that are in ``of``."""
+    keep = {tuple(p) for p in np.asarray(of).reshape(-1, 3).tolist()}
+    return np.array([p for p in points.tolist() if tuple(p) in keep], np.int64).reshape(-1, 3)

@@ -123,24 +123,10 @@ class TrainProgress:
         print(json.dumps({"progress": entry}), flush=True)
 
 
-class MedSegTrainTask(TrainTask):
-    def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
-                 modality: str = "MR", gpu_memory_gb: float | None = None,
-                 peers: list[tuple[ModelSpec, ModelStore]] | None = None, planning: dict | None = None):
-        super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
-        self.planning_defaults = dict(planning or {})  # make_plan keywords (scripts/train_shipped_model.py)
-        self.spec = spec
-        self.store = store
-        self.labels = dict(labels)
-        self.work_dir = Path(work_dir)
-        self.device = device
-        self.modality = modality
-        self.gpu_memory_gb = gpu_memory_gb
-        self.peers = peers or []  # every served model, for the model selection after training
-        self.progress_path = self.work_dir / spec.name / "train_progress.json"
+class ReportedTrainTask(TrainTask):
+    """A train task whose runs report to ``self.progress_path`` (a TrainProgress file)."""
 
-    def config(self):
-        return {k: v for k, v in TrainConfig().__dict__.items() if k not in ("device",)}
+    progress_path: Path
 
     def stats(self):
         try:
@@ -163,6 +149,26 @@ class MedSegTrainTask(TrainTask):
         TrainProgress(self.progress_path, {**state, "status": "STOPPED",
                                             "stopped_at": time.strftime("%Y-%m-%dT%H:%M:%S")}).write()
         return True
+
+
+class MedSegTrainTask(ReportedTrainTask):
+    def __init__(self, spec: ModelSpec, store: ModelStore, labels: dict[str, int], work_dir: Path, device: str,
+                 modality: str = "MR", gpu_memory_gb: float | None = None,
+                 peers: list[tuple[ModelSpec, ModelStore]] | None = None, planning: dict | None = None):
+        super().__init__(f"Fine-tune {spec.name} on the datastore's final labels")
+        self.planning_defaults = dict(planning or {})  # make_plan keywords (scripts/train_shipped_model.py)
+        self.spec = spec
+        self.store = store
+        self.labels = dict(labels)
+        self.work_dir = Path(work_dir)
+        self.device = device
+        self.modality = modality
+        self.gpu_memory_gb = gpu_memory_gb
+        self.peers = peers or []  # every served model, for the model selection after training
+        self.progress_path = self.work_dir / spec.name / "train_progress.json"
+
+    def config(self):
+        return {k: v for k, v in TrainConfig().__dict__.items() if k not in ("device",)}
 
     def update_model_selection(self, val_pairs: list[dict], device: str) -> None:
         """Score every model with weights, and their ensemble, on this datastore's validation split."""

@@ -40,8 +40,10 @@ class GuidedEdit:
     """One object on one image: ``add_click``/``set_box`` then ``run``; ``undo`` steps back."""
 
     def __init__(self, client: MedSegClient, image_id: str, label: Optional[str] = None,
-                 prior_tag: Optional[str] = None, model: str = INTERACTIVE_MODEL, dest_dir: Optional[str] = None):
+                 prior_tag: Optional[str] = None, model: str = INTERACTIVE_MODEL, dest_dir: Optional[str] = None,
+                 method: Optional[str] = None):
         self.client = client
+        self.method = method  # "learned", "seeded", or None: the server's choice
         self.image_id = image_id
         self.label = label
         self.prior_tag = prior_tag  # refine this stored label's segment instead of starting empty
@@ -82,6 +84,8 @@ class GuidedEdit:
             params["label"] = self.label
         if self.prior_tag:
             params["prior_tag"] = self.prior_tag
+        if self.method:
+            params["method"] = self.method
         return params
 
     def run(self) -> Optional[InferResult]:

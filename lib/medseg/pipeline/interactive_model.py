@@ -1,0 +1,268 @@
+"""The learned, class-agnostic interactive model: image plus guidance in, one object out.
+
+Design (after nnInteractive, Isensee et al. 2025, arXiv 2503.08373, sized for a CPU):
+- The network sees one patch of PATCH_VOX voxels around the interaction: the image and
+  GUIDANCE_CHANNELS: foreground clicks, background clicks, the box, and the object as it
+  was before this interaction (nnInteractive's ``prev_seg``). It answers that one object,
+  whatever it is: nothing in it knows label names.
+- Clicks are balls of CLICK_RADIUS_MM, in millimetres, not voxels, so that a click means the
+  same on a 1 mm brain and a 5 mm CT.
+- The patch is taken in the image's own voxel order (no reorientation: training flips and
+  permutes axes), at the image's spacing where the region fits, coarser where it does not.
+- Auto-zoom: when the object reaches a face of the patch that is not the image's border,
+  the region grows and the network runs again with its own answer as the previous object.
+- The answer is pasted back into the image's exact grid; outside the regions it ran on the
+  previous object stays as it was.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from medseg.networks.unet import UNet
+
+PATCH_VOX = (48, 48, 48)
+GUIDANCE_CHANNELS = ("foreground_clicks", "background_clicks", "box", "previous_object")
+IN_CHANNELS = 1 + len(GUIDANCE_CHANNELS)
+FEATURES = (12, 24, 48, 96)
+CLICK_RADIUS_MM = 3.0
+MAX_ZOOM_OUTS = 3
+ZOOM_OUT_FACTOR = 2.0
+BOX_MARGIN = 0.25  # of the box's extent on each side, so the network sees the object's edge
+
+
+def build_network() -> torch.nn.Module:
+    strides = [[1, 1, 1]] + [[2, 2, 2]] * (len(FEATURES) - 1)
+    return UNet(3, IN_CHANNELS, 2, features=FEATURES, kernel_sizes=[[3, 3, 3]] * len(FEATURES), strides=strides,
+                deep_supervision=True)
+
+
+def network_config() -> dict:
+    """What a checkpoint must have been trained with to be loaded into ``build_network``."""
+    return {"patch_vox": list(PATCH_VOX), "features": list(FEATURES), "guidance": list(GUIDANCE_CHANNELS),
+            "click_radius_mm": CLICK_RADIUS_MM}
+
+
+def network_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
+    trained_with = {k: checkpoint.get("network", {}).get(k) for k in network_config()}
+    if trained_with != network_config():
+        raise ValueError(f"interactive weights were trained for {trained_with}, this version runs {network_config()}")
+    network = build_network()
+    network.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    return network.eval()
+
+
+@dataclass
+class PatchGrid:
+    """Where a patch lies in the image: patch voxel p is image index ``origin + p * step``."""
+
+    origin: np.ndarray  # (3,) float, image index of patch voxel 0
+    step: np.ndarray  # (3,) float, image voxels per patch voxel (>= 1: never finer than the image)
+
+    @classmethod
+    def around(cls, centre_vox, extent_vox, image_spacing_mm) -> "PatchGrid":
+        """A patch centred on ``centre_vox`` covering at least ``extent_vox`` image voxels per axis.
+
+        The step is the same in millimetres on every axis where the image allows, so that the
+        network sees shapes undistorted; a coarse axis (5 mm slices) keeps its own spacing.
+        """
+        spacing = np.asarray(image_spacing_mm, float)
+        patch = np.asarray(PATCH_VOX, float)
+        needed_mm = float(np.max(np.asarray(extent_vox, float) * spacing / (patch - 1)))
+        step = np.maximum(1.0, needed_mm / spacing)
+        origin = np.asarray(centre_vox, float) - (patch - 1) / 2 * step
+        return cls(origin, step)
+
+    def image_box(self, shape, pad_vox: int = 0) -> tuple[slice, ...]:
+        """The image voxels the patch covers (clipped to the image)."""
+        low = np.floor(self.origin).astype(int) - pad_vox
+        high = np.ceil(self.origin + (np.asarray(PATCH_VOX) - 1) * self.step).astype(int) + 1 + pad_vox
+        return tuple(slice(max(0, a), min(n, b)) for a, b, n in zip(low, high, shape))
+
+    def spacing_mm(self, image_spacing_mm) -> np.ndarray:
+        return self.step * np.asarray(image_spacing_mm, float)
+
+    def to_patch(self, points_vox) -> np.ndarray:
+        return (np.asarray(points_vox, float).reshape(-1, 3) - self.origin) / self.step
+
+
+def sample(volume: np.ndarray, grid: PatchGrid, order: int) -> np.ndarray:
+    """``volume`` seen through the patch grid (zero outside the image).
+
+    Only the image voxels under the patch are read, so a patch costs the same on any image size.
+    """
+    box = grid.image_box(volume.shape, pad_vox=1)
+    return sample_box(volume[box], box, grid, order)
+
+
+def sample_box(local: np.ndarray, box: tuple[slice, ...], grid: PatchGrid, order: int) -> np.ndarray:
+    """``sample`` of the image voxels ``box`` (as ``grid.image_box(shape, pad_vox=1)`` gives), given as ``local``."""
+    if not local.size:
+        return np.zeros(PATCH_VOX, np.float32)
+    start = np.array([b.start for b in box], float)
+    return ndimage.affine_transform(np.asarray(local, np.float32), grid.step, offset=grid.origin - start,
+                                    output_shape=PATCH_VOX, order=order, mode="constant", cval=0.0)
+
+
+def inside_image(shape, grid: PatchGrid) -> np.ndarray:
+    """Patch voxels that fall inside the image."""
+    inside = [(a >= -0.5) & (a <= n - 0.5) for a, n in
+              ((grid.origin[i] + np.arange(PATCH_VOX[i]) * grid.step[i], shape[i]) for i in range(3))]
+    return inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+
+
+def normalized(patch: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Clipped to the patch's own 0.5-99.5 percentiles and z-scored: the same for CT and MR,
+    since the model does not know which one it sees."""
+    values = patch[inside] if inside.any() else patch.ravel()
+    low, high = np.percentile(values, [0.5, 99.5])
+    clipped = np.clip(patch, low, high)
+    std = float(clipped[inside].std()) if inside.any() else float(clipped.std())
+    return ((clipped - float(clipped[inside].mean() if inside.any() else clipped.mean())) / max(std, 1e-6)
+            ).astype(np.float32)
+
+
+def balls(points_patch: np.ndarray, spacing_mm: np.ndarray, radius_mm: float = CLICK_RADIUS_MM) -> np.ndarray:
+    """A channel with a ball of ``radius_mm`` (at least the voxel itself) at each point."""
+    out = np.zeros(PATCH_VOX, np.float32)
+    reach = np.maximum(1, np.ceil(radius_mm / spacing_mm)).astype(int)
+    for point in np.rint(points_patch).astype(int):
+        if np.any(point < 0) or np.any(point >= PATCH_VOX):
+            continue
+        lo = np.maximum(0, point - reach)
+        hi = np.minimum(PATCH_VOX, point + reach + 1)
+        axes = [(np.arange(a, b) - p) * s for a, b, p, s in zip(lo, hi, point, spacing_mm)]
+        d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
+        out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = np.maximum(out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]],
+                                                               d2 <= max(radius_mm, spacing_mm.max() / 2) ** 2)
+    return out
+
+
+def box_channel(box_vox, grid: PatchGrid) -> np.ndarray:
+    out = np.zeros(PATCH_VOX, np.float32)
+    if box_vox is None:
+        return out
+    low, high = grid.to_patch(box_vox[0])[0], grid.to_patch(box_vox[1])[0]
+    a = np.clip(np.floor(np.minimum(low, high)), 0, PATCH_VOX).astype(int)
+    b = np.clip(np.ceil(np.maximum(low, high)) + 1, 0, PATCH_VOX).astype(int)
+    out[a[0]:b[0], a[1]:b[1], a[2]:b[2]] = 1
+    return out
+
+
+def network_input(image: np.ndarray, spacing_mm, grid: PatchGrid, foreground_vox, background_vox, box_vox,
+                  previous: np.ndarray | None) -> np.ndarray:
+    """(IN_CHANNELS, *PATCH_VOX) float32: the image patch and its guidance channels."""
+    inside = inside_image(image.shape, grid)
+    patch_spacing = grid.spacing_mm(spacing_mm)
+    channels = [
+        normalized(sample(image, grid, 1), inside),
+        balls(grid.to_patch(foreground_vox), patch_spacing),
+        balls(grid.to_patch(background_vox), patch_spacing),
+        box_channel(box_vox, grid),
+        sample(previous, grid, 1) if previous is not None else np.zeros(PATCH_VOX, np.float32),
+    ]
+    return np.stack(channels)
+
+
+def paste(probability_patch: np.ndarray, grid: PatchGrid, shape) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The object on the image voxels the patch covers: (their slices, bool mask)."""
+    box = grid.image_box(shape)
+    start = np.array([s.start for s in box], float)
+    # image index i  ->  patch coordinate (i - origin) / step
+    local = ndimage.affine_transform(probability_patch, 1 / grid.step, offset=(start - grid.origin) / grid.step,
+                                     output_shape=tuple(s.stop - s.start for s in box), order=1, mode="nearest")
+    return box, local >= 0.5
+
+
+@dataclass
+class LearnedResult:
+    mask: np.ndarray
+    region_vox: tuple[slice, ...]
+    seconds: float
+    zoom_outs: int
+    patch_spacing_mm: list[float]
+
+
+class InteractiveModel:
+    """The trained network on one device, answering interactions on an image grid."""
+
+    def __init__(self, network: torch.nn.Module, device: torch.device):
+        self.network = network.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def probabilities(self, channels: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(channels[None]).to(self.device)
+        out = self.network(x)
+        logits = out[0] if isinstance(out, (list, tuple)) else out
+        return torch.softmax(logits.float(), 1)[0, 1].cpu().numpy()
+
+    def segment(self, image: np.ndarray, spacing_mm, foreground_vox, background_vox, box_vox=None,
+                previous: np.ndarray | None = None, focus_vox=None) -> LearnedResult:
+        """The object after these clicks and box, on the image grid.
+
+        ``previous``: the object before them (bool, image grid), or None for a new object.
+        ``focus_vox``: the interactions that are new (default all of them): the first patch
+        is centred on them; earlier ones are still shown to the network as guidance.
+        """
+        start = time.perf_counter()
+        shape = image.shape
+        mask = np.zeros(shape, bool) if previous is None else previous.copy()
+        grid = self.first_grid(shape, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox)
+        zoom_outs, boxes = 0, []
+        while True:
+            channels = network_input(image, spacing_mm, grid, foreground_vox, background_vox, box_vox,
+                                     mask if mask.any() else None)  # sampled crop by crop: no full-size copy
+            box, local = paste(self.probabilities(channels), grid, shape)
+            changed_at_faces = _changed_faces(mask[box], local, box, shape)
+            mask[box] = local
+            boxes.append(box)
+            if not changed_at_faces or zoom_outs >= MAX_ZOOM_OUTS:
+                break
+            zoom_outs += 1
+            extent = (np.asarray(PATCH_VOX) * grid.step) * ZOOM_OUT_FACTOR
+            centre = _centre(local, box) if local.any() else grid.origin + (np.asarray(PATCH_VOX) - 1) / 2 * grid.step
+            grid = PatchGrid.around(centre, extent, spacing_mm)
+        region = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
+        return LearnedResult(mask, region, time.perf_counter() - start, zoom_outs,
+                             [round(float(s), 3) for s in grid.spacing_mm(spacing_mm)])
+
+    @staticmethod
+    def first_grid(shape, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox) -> PatchGrid:
+        """A box fixes the region; otherwise the new clicks at the image's own resolution."""
+        if box_vox is not None and focus_vox is None:
+            low, high = np.asarray(box_vox[0], float), np.asarray(box_vox[1], float)
+            extent = (high - low + 1) * (1 + 2 * BOX_MARGIN)
+            return PatchGrid.around((low + high) / 2, extent, spacing_mm)
+        focus = np.asarray(focus_vox if focus_vox is not None else
+                           np.concatenate([np.reshape(foreground_vox, (-1, 3)), np.reshape(background_vox, (-1, 3))]),
+                           float).reshape(-1, 3)
+        if not len(focus):  # only a previous object (and scribbles reduced to clicks upstream)
+            focus = np.argwhere(previous).astype(float) if previous is not None and previous.any() else \
+                (np.asarray(shape, float)[None] - 1) / 2
+        low, high = focus.min(0), focus.max(0)
+        extent = np.maximum(high - low + 1, 0) * (1 + 2 * BOX_MARGIN)
+        return PatchGrid.around((low + high) / 2, extent, spacing_mm)
+
+
+def _centre(mask: np.ndarray, box) -> np.ndarray:
+    idx = np.argwhere(mask)
+    return (idx.min(0) + idx.max(0)) / 2 + np.array([s.start for s in box])
+
+
+def _changed_faces(before: np.ndarray, after: np.ndarray, box, shape) -> bool:
+    """True when the object touches a face of the region (one that is not the image's border)
+    and differs there from what it was: the region was too small to hold the change."""
+    for axis in range(3):
+        for side, index in ((0, 0), (1, -1)):
+            at_border = box[axis].start == 0 if side == 0 else box[axis].stop == shape[axis]
+            if at_border:
+                continue
+            face_after = np.take(after, index, axis=axis)
+            if face_after.any() and not np.array_equal(face_after, np.take(before, index, axis=axis)):
+                return True
+    return False

@@ -1,0 +1,165 @@
+"""Train the shipped interactive model (apps/medseg/model/interactive/) and write its model card.
+
+Objects (every one a separate target; the model never sees a label name):
+- Colin27 with its skull (a real 1 mm T1, ``sample-data/colin27``): the odd-numbered AAL
+  regions, and the brain (``ch2bet``). The even-numbered regions are held out: no weight
+  ever saw them, and the card and ``bench/interactive.py`` measure on them;
+- the MNI 2009a template: grey and white matter;
+- the slicerio chest CT (3x3x10 mm): its 7 labels;
+- synthetic lesions (``medseg.data.lesions``) pasted into all three.
+
+    python scripts/train_interactive_model.py --minutes 35
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import medseg
+from medseg.checkpoint import save_checkpoint
+from medseg.data.lesions import paste_lesions
+from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1
+from medseg.imageio import read_volume
+from medseg.nrrd_files import read_segmentation_as_label
+from medseg.pipeline.click_simulation import clicks_to_reach, next_click
+from medseg.pipeline.interactive_model import InteractiveModel, network_config
+from medseg.pipeline.interactive_training import ObjectImage, train_interactive
+from medseg.pipeline.metrics import dice
+
+REPO = Path(__file__).resolve().parents[1]
+COLIN = REPO / "sample-data" / "colin27"
+OUT = REPO / "apps" / "medseg" / "model" / "interactive"
+CHEST_LABELS = {"ribs": 1, "cervical_vertebral_column": 2, "thoracic_vertebral_column": 3,
+                "lumbar_vertebral_column": 4, "right_lung": 5, "left_lung": 6, "tissue": 7}
+AAL_TRAIN = list(range(1, 117, 2))
+AAL_HELD_OUT = list(range(2, 117, 2))
+CARD_HELD_OUT = AAL_HELD_OUT[::6]  # 10 regions spread over the atlas, for the card's quick check
+CARD_TRAINED = AAL_TRAIN[::12]
+
+
+def object_images(n_lesion_crops: int) -> list[ObjectImage]:
+    colin = read_volume(str(COLIN / "ch2.nii.gz"))
+    aal = np.rint(read_volume(str(COLIN / "aal.nii.gz")).array).astype(np.int16)
+    brain = read_volume(str(COLIN / "ch2bet.nii.gz")).array > 0
+    template = read_volume(str(TEMPLATE_T1))
+    tissues = np.rint(read_volume(str(TEMPLATE_LABELS)).array).astype(np.uint8)
+    data = resources.files("slicerio") / "data"
+    ct = read_volume(str(data / "CTChest4.nrrd"))
+    chest = read_segmentation_as_label(str(data / "Segmentation.seg.nrrd"), CHEST_LABELS, ct, "the segmentation").array
+    images = [
+        ObjectImage("colin27_aal_odd", colin.array.astype(np.float32), colin.spacing_mm, aal, AAL_TRAIN, weight=0.35),
+        ObjectImage("colin27_brain", colin.array.astype(np.float32), colin.spacing_mm, brain.astype(np.uint8),
+                    weight=0.05),
+        ObjectImage("mni_tissues", template.array.astype(np.float32), template.spacing_mm, tissues, weight=0.1),
+        ObjectImage("chest_ct", ct.array.astype(np.float32), ct.spacing_mm, chest.astype(np.uint8), weight=0.25),
+    ]
+    lesion_weight = 0.25 / (3 * n_lesion_crops)  # a quarter of all samples, spread over the crops
+    bodies = [(colin, colin.array > np.percentile(colin.array, 60)), (template, tissues > 0),
+              (ct, ct.array > -500)]
+    for n, (volume, body) in enumerate(bodies):
+        for i, (crop, label) in enumerate(paste_lesions(volume.array, volume.spacing_mm, body, n_lesion_crops,
+                                                        seed=10 + n)):
+            images.append(ObjectImage(f"lesions_{n}_{i}", crop, volume.spacing_mm, label, weight=lesion_weight))
+    return images
+
+
+def click_curve(model: InteractiveModel, image: np.ndarray, spacing, truth: np.ndarray, clicks: int) -> list[float]:
+    """Dice after each simulated click (the benchmark's protocol), each click's answer the next one's previous."""
+    foreground, background, predicted, dices = [], [], None, []
+    for _ in range(clicks):
+        click = next_click(truth, predicted, spacing)
+        if click is None:
+            dices += [1.0] * (clicks - len(dices))
+            break
+        (foreground if click[0] == "foreground" else background).append(click[1])
+        result = model.segment(image, spacing, np.array(foreground).reshape(-1, 3), np.array(background).reshape(-1, 3),
+                               previous=predicted, focus_vox=np.array([click[1]]))
+        predicted = result.mask
+        dices.append(round(float(dice(predicted, truth)), 4))
+    return dices
+
+
+def quick_check(network, clicks: int = 10) -> dict:
+    colin = read_volume(str(COLIN / "ch2.nii.gz"))
+    aal = np.rint(read_volume(str(COLIN / "aal.nii.gz")).array).astype(int)
+    model = InteractiveModel(network, torch.device("cpu"))
+    out = {}
+    for name, regions in (("held_out_aal", CARD_HELD_OUT), ("trained_aal", CARD_TRAINED)):
+        curves = [click_curve(model, colin.array, colin.spacing_mm, aal == r, clicks) for r in regions]
+        out[name] = {"regions": regions, "mean_dice_per_click": np.round(np.mean(curves, 0), 4).tolist(),
+                     f"noc@85 (of {clicks})": round(float(np.mean([clicks_to_reach(c, 0.85, clicks) for c in curves])), 2)}
+    return out
+
+
+def render_card(card: dict) -> str:
+    check = card["quick_check"]
+    lines = ["# Model card: `interactive` (generated by scripts/train_interactive_model.py; do not edit)", "",
+             card["description"] + ".", "",
+             "- **Objects trained on**: " + ", ".join(f"{k}: {v}" for k, v in card["data"]["objects"].items()) + ".",
+             f"- **Held out**: {card['data']['held_out']}.",
+             f"- **Inputs**: {card['inputs_tested']}.",
+             f"- **Network**: patch {card['network']['patch_vox']} voxels, features {card['network']['features']}, "
+             f"{card['network']['parameters']:,} parameters; guidance channels {', '.join(card['network']['guidance'])}; "
+             f"clicks are balls of {card['network']['click_radius_mm']} mm.",
+             f"- **Training**: {card['training']['iterations']} iterations, {card['training']['seconds']:.0f} s, final "
+             f"loss {card['training']['final_loss']} ({card['hardware']['cpu']}, {card['hardware']['threads']} threads).",
+             "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + f". Trained {card['trained_at']}.",
+             "", "Quick check (the model called directly; simulated clicks on Colin27):", "",
+             "| objects | regions | mean Dice after each click |", "|---|---|---|"]
+    for name, result in check.items():
+        lines.append(f"| {name} | {result['regions']} | {', '.join(f'{d:.2f}' for d in result['mean_dice_per_click'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=35)
+    ap.add_argument("--iterations", type=int, default=4000)
+    ap.add_argument("--lesion-crops", type=int, default=8)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.time()
+    images = object_images(args.lesion_crops)
+    print(f"{sum(len(im.objects) for im in images)} objects in {len(images)} images ({time.time() - t0:.0f} s)",
+          flush=True)
+    trained = train_interactive(images, args.iterations, max_seconds=args.minutes * 60,
+                                progress=lambda e: print(json.dumps(e), flush=True))
+    network = trained["network"]
+    check = quick_check(network)
+    print(json.dumps(check, indent=1))
+    card = {
+        "model": "interactive",
+        "description": "Class-agnostic interactive 3D U-Net: image + foreground clicks, background clicks, box and "
+                       "the previous object in; that one object out",
+        "trained_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        "data": {"objects": {im.name: len(im.objects) for im in images},
+                 "held_out": f"AAL regions {AAL_HELD_OUT[0]}, {AAL_HELD_OUT[1]}, ... {AAL_HELD_OUT[-1]} (the even ones) "
+                             "on Colin27: never trained on"},
+        "inputs_tested": "any 3D scan, CT or MR, any orientation and spacing: the model reads the patch's own intensities",
+        "network": network_config() | {"parameters": int(sum(p.numel() for p in network.parameters()))},
+        "training": {k: trained[k] for k in ("iterations", "seconds")} | {"final_loss": trained["history"][-1]["loss"]},
+        "hardware": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
+        "versions": {"medseg": medseg.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "quick_check": check,
+    }
+    state = {k: v.half() if v.is_floating_point() else v for k, v in network.state_dict().items()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out / "model.pt", {"model": "interactive", "state_dict": state, "network": card["network"],
+                                       "trained_on": card["data"], "held_out_aal": AAL_HELD_OUT, "version": 1})
+    (out / "model_card.json").write_text(json.dumps(card, indent=1))
+    (out / "MODEL_CARD.md").write_text(render_card(card))
+    print(f"wrote {out / 'model.pt'} in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The learned interactive model's parts: the patch it sees, its guidance channels, the edit memo,
+the simulated interactions it trains on, and a few real training steps."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.edit_sessions import EditSessions
+from medseg.pipeline.interactive_model import (
+    PATCH_VOX,
+    InteractiveModel,
+    PatchGrid,
+    balls,
+    build_network,
+    network_config,
+    network_from_checkpoint,
+    network_input,
+    paste,
+    sample,
+)
+from medseg.pipeline.interactive_training import (
+    MODES,
+    InteractionSampler,
+    ObjectImage,
+    perturbed,
+    train_interactive,
+)
+from medseg.pipeline.metrics import dice
+
+
+def ellipsoid(shape, centre, radii):
+    grid = np.indices(shape).transpose(1, 2, 3, 0)
+    return ((((grid - centre) / np.asarray(radii, float)) ** 2).sum(-1) <= 1)
+
+
+def test_a_small_region_is_seen_at_the_image_resolution_and_a_large_one_coarser_but_undistorted():
+    native = PatchGrid.around([50, 50, 20], [5, 5, 5], (1.0, 1.0, 1.0))
+    assert np.allclose(native.step, 1)
+    wide = PatchGrid.around([100, 100, 30], [200, 100, 20], (0.7, 0.7, 5.0))
+    # 200 voxels of 0.7 mm = 140 mm over the patch; the 5 mm axis is already coarser than that.
+    spacing = wide.spacing_mm((0.7, 0.7, 5.0))
+    assert np.isclose(spacing[0], spacing[1]) and 140 / PATCH_VOX[0] < spacing[0] < 3.1 and wide.step[2] == 1
+    box = wide.image_box((512, 512, 60))
+    assert box[0].stop - box[0].start >= 200
+
+
+@pytest.mark.parametrize("step", [1.0, 2.0])
+def test_a_mask_seen_through_a_patch_and_pasted_back_is_the_same_mask(step):
+    shape = (90, 80, 70)
+    mask = ellipsoid(shape, (45, 40, 35), (14, 10, 8))
+    grid = PatchGrid(np.array([45, 40, 35]) - (np.array(PATCH_VOX) - 1) / 2 * step, np.full(3, step))
+    box, back = paste(sample(mask, grid, 1), grid, shape)
+    restored = np.zeros(shape, bool)
+    restored[box] = back
+    assert dice(restored, mask) > (0.99 if step == 1 else 0.93)
+
+
+def test_clicks_are_balls_in_millimetres_on_anisotropic_patches():
+    channel = balls(np.array([[20, 20, 20]]), np.array([0.5, 0.5, 2.0]), radius_mm=3.0)
+    i, j, k = np.nonzero(channel)
+    assert (i.max() - i.min() + 1) == 13 and (k.max() - k.min() + 1) == 3  # 6 mm across: 13 x 0.5 mm, 3 x 2 mm
+    assert balls(np.array([[-5, 0, 0]]), np.ones(3)).sum() == 0  # a click outside the patch draws nothing
+
+
+def test_network_input_puts_each_click_where_it_was_on_the_image():
+    image = np.random.default_rng(0).normal(0, 1, (60, 50, 40)).astype(np.float32)
+    grid = PatchGrid.around([30, 25, 20], [1, 1, 1], (1.0, 1.0, 1.0))
+    channels = network_input(image, (1.0, 1.0, 1.0), grid, np.array([[30, 25, 20]]), np.array([[10, 10, 10]]),
+                             None, None)
+    assert channels.shape == (5, *PATCH_VOX)
+    fg_centre = np.argwhere(channels[1]).mean(0) * grid.step + grid.origin
+    bg_centre = np.argwhere(channels[2]).mean(0) * grid.step + grid.origin
+    assert np.allclose(fg_centre, [30, 25, 20], atol=0.5) and np.allclose(bg_centre, [10, 10, 10], atol=0.5)
+    assert channels[3].sum() == 0 and channels[4].sum() == 0
+
+
+def test_weights_of_another_network_layout_are_refused():
+    network = build_network()
+    good = {"network": network_config(), "state_dict": network.state_dict()}
+    assert isinstance(network_from_checkpoint(good), torch.nn.Module)
+    with pytest.raises(ValueError, match="trained for"):
+        network_from_checkpoint({**good, "network": {**network_config(), "features": [8, 16]}})
+
+
+def test_a_continued_edit_is_recognised_by_its_clicks_and_nothing_else():
+    edits = EditSessions(max_edits=2)
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:5, 2:5, 2:5] = True
+    edits.remember("img", "liver", 1, None, [[3, 3, 3]], [], mask)
+    found = edits.find("img", "liver", 1, None, [[3, 3, 3], [6, 6, 6]], [[1, 1, 1]])
+    assert np.array_equal(found.previous, mask) and sorted(found.new_vox.tolist()) == [[1, 1, 1], [6, 6, 6]]
+    assert edits.find("img", "liver", 2, None, [[3, 3, 3], [6, 6, 6]], []) is None  # other weights
+    assert edits.find("img", "spleen", 1, None, [[3, 3, 3], [6, 6, 6]], []) is None  # another label
+    assert edits.find("img", "liver", 1, None, [[6, 6, 6]], []) is None  # not a continuation
+    assert edits.find("img", "liver", 1, None, [[3, 3, 3]], []) is None  # nothing new
+    edits.remember("a", None, 1, None, [[0, 0, 0]], [], mask)
+    edits.remember("b", None, 1, None, [[0, 0, 0]], [], mask)
+    assert edits.stats()["edits"] == 2 and edits.find("img", "liver", 1, None, [[3, 3, 3], [6, 6, 6]], []) is None
+
+
+def two_objects() -> ObjectImage:
+    rng = np.random.default_rng(1)
+    shape = (64, 60, 40)
+    labels = np.zeros(shape, np.uint8)
+    labels[ellipsoid(shape, (20, 30, 20), (10, 12, 9))] = 1
+    labels[ellipsoid(shape, (46, 30, 20), (6, 6, 6))] = 2
+    image = (np.choose(labels, [0.0, 100.0, -60.0]) + rng.normal(0, 10, shape)).astype(np.float32)
+    return ObjectImage("two", image, (1.0, 1.2, 1.5), labels)
+
+
+def test_simulated_samples_cover_every_mode_and_their_targets_are_the_object():
+    im = two_objects()
+    sampler = InteractionSampler([im], seed=3)
+    assert set(MODES) == {"clicks", "box", "correction"}
+    for _ in range(12):
+        channels, target = sampler.sample()
+        assert channels.shape == (5, *PATCH_VOX) and target.shape == PATCH_VOX
+        assert set(np.unique(target)) <= {0, 1} and np.isfinite(channels).all()
+        if target.any():  # every sample carries guidance: clicks, a box, or a previous object
+            assert channels[1:].any()
+    truth = ellipsoid((40, 40, 40), (20, 20, 20), (10, 10, 10))
+    rng = np.random.default_rng(0)
+    wrong = [perturbed(truth, (1.0, 1.0, 1.0), rng) for _ in range(20)]
+    assert all(w.shape == truth.shape and w.dtype == bool for w in wrong)
+    assert 0.3 < np.mean([dice(w, truth) for w in wrong]) < 0.99  # wrong, but not unrelated
+
+
+def test_a_few_training_steps_run_and_the_model_answers_on_the_image_grid():
+    im = two_objects()
+    trained = train_interactive([im], iterations=3, batch_size=1)
+    assert trained["iterations"] == 3 and np.isfinite(trained["history"][-1]["loss"])
+    model = InteractiveModel(trained["network"], torch.device("cpu"))
+    result = model.segment(im.image, im.spacing_mm, np.array([[20, 30, 20]]), np.zeros((0, 3), int))
+    assert result.mask.shape == im.image.shape and result.mask.dtype == bool
+    previous = im.labels == 1
+    kept = model.segment(im.image, im.spacing_mm, np.array([[20, 30, 20]]), np.zeros((0, 3), int),
+                         previous=previous, focus_vox=np.array([[20, 30, 20]]))
+    outside = np.ones(im.image.shape, bool)
+    outside[kept.region_vox] = False
+    assert np.array_equal(kept.mask[outside], previous[outside])  # only the regions it ran on change
