@@ -29,10 +29,9 @@ from medseg.data.lesions import paste_lesions
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1
 from medseg.imageio import read_volume
 from medseg.nrrd_files import read_segmentation_as_label
-from medseg.pipeline.click_simulation import clicks_to_reach, next_click
+from medseg.pipeline.click_simulation import clicks_to_reach
 from medseg.pipeline.interactive_model import InteractiveModel, network_config
-from medseg.pipeline.interactive_training import ObjectImage, train_interactive
-from medseg.pipeline.metrics import dice
+from medseg.pipeline.interactive_training import ObjectImage, click_curve, train_interactive
 
 REPO = Path(__file__).resolve().parents[1]
 COLIN = REPO / "sample-data" / "colin27"
@@ -69,22 +68,6 @@ def object_images(n_lesion_crops: int) -> list[ObjectImage]:
                                                         seed=10 + n)):
             images.append(ObjectImage(f"lesions_{n}_{i}", crop, volume.spacing_mm, label, weight=lesion_weight))
     return images
-
-
-def click_curve(model: InteractiveModel, image: np.ndarray, spacing, truth: np.ndarray, clicks: int) -> list[float]:
-    """Dice after each simulated click (the benchmark's protocol), each click's answer the next one's previous."""
-    foreground, background, predicted, dices = [], [], None, []
-    for _ in range(clicks):
-        click = next_click(truth, predicted, spacing)
-        if click is None:
-            dices += [1.0] * (clicks - len(dices))
-            break
-        (foreground if click[0] == "foreground" else background).append(click[1])
-        result = model.segment(image, spacing, np.array(foreground).reshape(-1, 3), np.array(background).reshape(-1, 3),
-                               previous=predicted, focus_vox=np.array([click[1]]))
-        predicted = result.mask
-        dices.append(round(float(dice(predicted, truth)), 4))
-    return dices
 
 
 def quick_check(network, clicks: int = 10) -> dict:

@@ -26,6 +26,7 @@ from scipy import ndimage
 from medseg.pipeline.augment import intensity_transform
 from medseg.pipeline.interactive_model import (
     PATCH_VOX,
+    InteractiveModel,
     PatchGrid,
     balls,
     box_channel,
@@ -35,7 +36,9 @@ from medseg.pipeline.interactive_model import (
     sample,
     sample_box,
 )
+from medseg.pipeline.click_simulation import next_click
 from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
+from medseg.pipeline.metrics import dice
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +195,22 @@ class InteractionSampler:
     def batch(self, size: int):
         pairs = [self.sample() for _ in range(size)]
         return torch.from_numpy(np.stack([p[0] for p in pairs])), torch.from_numpy(np.stack([p[1] for p in pairs]))
+
+
+def click_curve(model: InteractiveModel, image: np.ndarray, spacing, truth: np.ndarray, clicks: int) -> list[float]:
+    """Dice after each simulated click (the benchmark's protocol), each click's answer the next one's previous."""
+    foreground, background, predicted, dices = [], [], None, []
+    for _ in range(clicks):
+        click = next_click(truth, predicted, spacing)
+        if click is None:
+            dices += [1.0] * (clicks - len(dices))
+            break
+        (foreground if click[0] == "foreground" else background).append(click[1])
+        result = model.segment(image, spacing, np.array(foreground).reshape(-1, 3), np.array(background).reshape(-1, 3),
+                               previous=predicted, focus_vox=np.array([click[1]]))
+        predicted = result.mask
+        dices.append(round(float(dice(predicted, truth)), 4))
+    return dices
 
 
 def train_interactive(images: list[ObjectImage], iterations: int, network: torch.nn.Module | None = None,

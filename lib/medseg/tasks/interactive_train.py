@@ -18,10 +18,8 @@ from medseg.background import lower_priority
 from medseg.checkpoint import ModelStore, save_checkpoint
 from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
-from medseg.pipeline.click_simulation import next_click
 from medseg.pipeline.interactive_model import InteractiveModel, network_config, network_from_checkpoint
-from medseg.pipeline.interactive_training import ObjectImage, train_interactive
-from medseg.pipeline.metrics import dice
+from medseg.pipeline.interactive_training import ObjectImage, click_curve, train_interactive
 from medseg.pipeline.training import persistent_split, pick_device
 from medseg.request_options import choice, number
 from medseg.tasks.train import CLIENT_KEYS, PUBLISH_POLICIES, ReportedTrainTask, TrainProgress
@@ -47,22 +45,8 @@ def check_interactive_train_request(params: dict) -> dict:
 
 def click_score(model: InteractiveModel, images: list[ObjectImage], clicks: int = CLICKS_SCORED) -> float:
     """Mean Dice after ``clicks`` simulated clicks over (at most MAX_OBJECTS_SCORED of) the objects."""
-    scores = []
-    for im in images:
-        for value in im.objects:
-            if len(scores) >= MAX_OBJECTS_SCORED:
-                break
-            truth = im.labels == value
-            foreground, background, predicted = [], [], None
-            for _ in range(clicks):
-                click = next_click(truth, predicted, im.spacing_mm)
-                if click is None:
-                    break
-                (foreground if click[0] == "foreground" else background).append(click[1])
-                predicted = model.segment(im.image, im.spacing_mm, np.reshape(foreground, (-1, 3)),
-                                          np.reshape(background, (-1, 3)), previous=predicted,
-                                          focus_vox=np.array([click[1]])).mask
-            scores.append(dice(predicted, truth) if predicted is not None else 1.0)
+    objects = [(im, value) for im in images for value in im.objects][:MAX_OBJECTS_SCORED]
+    scores = [click_curve(model, im.image, im.spacing_mm, im.labels == value, clicks)[-1] for im, value in objects]
     return float(np.mean(scores)) if scores else float("nan")
 
 
