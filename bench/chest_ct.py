@@ -106,7 +106,8 @@ def main(argv=None) -> None:
         result["train_request_s"] = round(time.perf_counter() - t0, 1)
         stats = requests.get(f"{srv.url}/info/", timeout=30).json()["train_stats"]["unet3d"]
         result.update(train_status=status.get("status"), plan=stats.get("plan"),
-                      train_seconds=stats.get("seconds"), final_loss=stats.get("loss"))
+                      train_seconds=stats.get("seconds"), final_loss=stats.get("loss"),
+                      training={k: stats.get(k) for k in ("optimizer", "learning_rate", "class_weighting")})
         sys.path.insert(0, str(REPO))
         from tests.e2e.helpers import infer
 

@@ -65,12 +65,14 @@ def test_train_request_bounds_and_epochs():
     assert check_train_request({"max_iterations": 3, "publish": "always"})["publish"] == "always"
     for bad in ({"max_iterations": -1}, {"max_iterations": "abc"}, {"learning_rate": -1}, {"publish": "bogus"},
                 {"max_iterations": 1e12}, {"batch_size": -1}, {"val_fraction": 5}, {"world_size": -2},
-                {"multi_gpu": True, "world_size": 10**5}, {"max_epochs": 1, "max_iterations": 1}, {"what": 1}):
+                {"multi_gpu": True, "world_size": 10**5}, {"max_epochs": 1, "max_iterations": 1}, {"what": 1},
+                {"class_weighting": "inverse"}, {"class_weighting": 1}):
         with pytest.raises(MedSegInputError):
             check_train_request(bad)
     config = TrainConfig.from_request({"max_epochs": 3, "batch_size": 2})
     assert config.iterations_for(n_train_cases=5, plan_batch_size=4) == 8  # ceil(3 * 5 / 2)
     assert TrainConfig.from_request({"max_epochs": 2}).iterations_for(4, plan_batch_size=2) == 4
+    assert TrainConfig.from_request({"class_weighting": "none"}).class_weighting == "none"
 
 
 def test_float64_label_is_stored_as_integers(tmp_path):

@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from medseg.pipeline.inference import mirror_axes_subsets, predict_probabilities
-from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss, deep_supervision_weights
+from medseg.pipeline.loss import (DeepSupervisionLoss, DiceCELoss, deep_supervision_weights,
+                                  inverse_sqrt_frequency_weights)
 from medseg.pipeline.plan import CaseFingerprint, Plan, make_plan, target_spacing
 from medseg.pipeline.postprocess import class_argmax
-from medseg.pipeline.preprocess import invert_labels, invert_probabilities, nonzero_bbox, preprocess
+from medseg.pipeline.preprocess import (PreprocessedCase, invert_labels, invert_probabilities, nonzero_bbox,
+                                        preprocess)
 
 LABELS = {"a": 1}
 
@@ -95,6 +97,38 @@ def test_deep_supervision_weights_halve_and_drop_lowest():
     perfect = torch.stack([(target == 0).float(), (target == 1).float()], 1) * 20
     worse = torch.zeros_like(perfect)
     assert loss([perfect, perfect[:, :, ::2, ::2, ::2]], target) < loss([worse, worse[:, :, ::2, ::2, ::2]], target)
+
+
+def test_class_weights_lift_small_labels_and_keep_the_loss_scale():
+    counts = np.array([90_000, 9_000, 900, 0])  # background, a large label, a small one, one absent
+    weights = inverse_sqrt_frequency_weights(counts)
+    assert weights[2] > weights[1] > weights[0]
+    assert np.isclose(weights[1] / weights[0], np.sqrt(10), rtol=1e-4)  # a tenth of the voxels: sqrt(10) x
+    frequency = np.maximum(counts, 1) / np.maximum(counts, 1).sum()
+    assert np.isclose(float((frequency * weights.numpy()).sum()), 1.0)  # the mean weight per voxel is 1
+    # A missed small label costs more than a missed large one of the same voxel count.
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.long)
+    target[0, :2, :2, :2] = 2
+    logits = torch.zeros(1, 4, 4, 4, 4)
+    logits[:, 0] = 5.0  # everything called background
+    weighted = DiceCELoss(class_weights=weights)(logits, target)
+    plain = DiceCELoss()(logits, target)
+    assert weighted > plain
+
+
+def test_class_weighting_is_asked_for_and_computed_from_the_training_labels():
+    from medseg.pipeline.training import FROM_SCRATCH_TRAINING, TrainConfig, class_weights
+
+    assert TrainConfig().class_weighting == "none" == TrainConfig(**FROM_SCRATCH_TRAINING).class_weighting
+    plan = make_plan([CaseFingerprint("x", [1.0] * 3, [8, 8, 8], [1.0, 2.0])], {"a": 1, "b": 2},
+                     gpu_memory_budget_gb=0.01, base_features=4, max_features=8)
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[:4] = 1
+    label[0, 0, 0] = 2
+    case = PreprocessedCase(np.zeros((1, 8, 8, 8), np.float32), label, (8, 8, 8), ((0, 8),) * 3, (8, 8, 8))
+    assert class_weights([case], plan, "none") is None
+    weights = class_weights([case], plan, "inverse_sqrt_frequency")
+    assert weights.shape == (3,) and weights[2] > weights[1]
 
 
 def test_persistent_split_keeps_assignments_as_images_are_added(tmp_path):

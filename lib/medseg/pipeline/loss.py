@@ -5,6 +5,7 @@ sum to 1, lowest resolution dropped) follow nnU-Net (Isensee et al. 2021).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,15 +23,30 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 1
     return 1 - dice[1:].mean()
 
 
+def inverse_sqrt_frequency_weights(voxels_per_class: np.ndarray) -> torch.Tensor:
+    """Cross-entropy weights 1/sqrt(frequency), scaled so the mean weight per voxel is 1.
+
+    Cross-entropy's pull on a class grows with its voxel count, so from random weights the
+    largest labels are learnt first and a label of 0.2% of the voxels may not be learnt at all
+    within a CPU budget. The square root halves that imbalance on a log scale without letting a
+    handful of voxels dominate the loss."""
+    frequency = np.maximum(np.asarray(voxels_per_class, float), 1.0)
+    frequency = frequency / frequency.sum()
+    weights = 1 / np.sqrt(frequency)
+    return torch.tensor(weights / (frequency * weights).sum(), dtype=torch.float32)
+
+
 class DiceCELoss(nn.Module):
-    def __init__(self, use_ce: bool = True):
+    def __init__(self, use_ce: bool = True, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.use_ce = use_ce
+        self.class_weights = class_weights
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = soft_dice_loss(logits, target)
         if self.use_ce:
-            loss = loss + F.cross_entropy(logits.float(), target.long())
+            weights = None if self.class_weights is None else self.class_weights.to(logits.device)
+            loss = loss + F.cross_entropy(logits.float(), target.long(), weight=weights)
         return loss
 
 

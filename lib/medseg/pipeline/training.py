@@ -27,7 +27,7 @@ from medseg.errors import MedSegInputError
 from medseg.imageio import read_volume
 from medseg.pipeline.augment import augment_sample, intensity_quantiles
 from medseg.pipeline.inference import predict_probabilities
-from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss
+from medseg.pipeline.loss import DeepSupervisionLoss, DiceCELoss, inverse_sqrt_frequency_weights
 from medseg.pipeline.metrics import mean_dice_per_label
 from medseg.pipeline.plan import Plan
 from medseg.pipeline.postprocess import apply_postprocessing, class_argmax, decide_largest_component
@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTINGS = ("none", "inverse_sqrt_frequency")
 # The range each numeric training option may take (inclusive).
 OPTION_BOUNDS = {
     "max_iterations": (1, 100_000),
@@ -79,6 +80,11 @@ class TrainConfig:
     poly_exponent: float = 0.9
     foreground_fraction: float = 0.33
     use_ce: bool = True
+    # Cross-entropy weights per class: "none" (nnU-Net) or "inverse_sqrt_frequency" (small labels
+    # pull harder; see loss.inverse_sqrt_frequency_weights). Not the default: on the chest CT from
+    # scratch within a CPU budget, one run with it learnt the spine and another did not, so no
+    # gain is established (docs/own-data.md).
+    class_weighting: str = "none"
     augment: bool = True
     val_fraction: float = 0.2
     val_max_cases: int = 4
@@ -110,6 +116,8 @@ class TrainConfig:
                 base[f.name] = flag(f.name, raw)
             elif f.name == "optimizer":
                 base[f.name] = choice(f.name, raw, OPTIMIZERS)
+            elif f.name == "class_weighting":
+                base[f.name] = choice(f.name, raw, CLASS_WEIGHTINGS)
             elif f.name == "device":
                 base[f.name] = str(raw)
             else:
@@ -365,6 +373,15 @@ def augment_batch(images, labels, gen, references, slice_axis: int | None, mirro
     return torch.stack(out_images), torch.stack(out_labels)
 
 
+def class_weights(cases: list[PreprocessedCase], plan: Plan, weighting: str) -> torch.Tensor | None:
+    """The cross-entropy class weights ``weighting`` asks for, from the training labels' voxel counts."""
+    if weighting == "none":
+        return None
+    n_classes = plan.n_classes
+    counts = sum(np.bincount(np.asarray(c.label).ravel(), minlength=n_classes)[:n_classes] for c in cases)
+    return inverse_sqrt_frequency_weights(counts)
+
+
 def poly_lr(initial: float, iteration: int, max_iterations: int, exponent: float) -> float:
     return initial * (1 - iteration / max_iterations) ** exponent
 
@@ -400,7 +417,8 @@ def train_network(
         model = DistributedDataParallel(network, device_ids=[device.index] if device.type == "cuda" else None,
                                         find_unused_parameters=True)
         progress = progress if rank == 0 else None
-    loss_fn = DeepSupervisionLoss(DiceCELoss(use_ce=config.use_ce and not dice_only))
+    loss_fn = DeepSupervisionLoss(DiceCELoss(use_ce=config.use_ce and not dice_only,
+                                             class_weights=class_weights(train_cases, plan, config.class_weighting)))
     if config.optimizer == "adamw":
         optimizer = torch.optim.AdamW(network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     else:

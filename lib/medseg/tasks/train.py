@@ -267,6 +267,7 @@ class MedSegTrainTask(ReportedTrainTask):
             "pid": os.getpid(), **honesty,
             "n_labels": len(datalist), "plan": plan.summary(), "from_scratch": parent is None,
             "optimizer": config.optimizer, "learning_rate": config.learning_rate,
+            "class_weighting": config.class_weighting,
             "processes": dist.get_world_size() if dist.is_initialized() else config.processes()})
         progress.write()
         print(json.dumps({"plan": progress.state["plan"], "from_scratch": parent is None}), flush=True)
