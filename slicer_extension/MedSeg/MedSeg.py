@@ -329,6 +329,7 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
             version = f" (weights version {model.weights_version})" if model.weights_version is not None else ""
             self.ui.modelComboBox.setItemData(i, model.description + version, qt.Qt.ToolTipRole)
         fillCombo(self.ui.trainModelComboBox, info.trainers)
+        self.showGuidedMethods(info)
         self.onParameterNodeModified()  # the selected volume may be a server image
         self.setStatus(f"Connected: {info.summary()}")
         if firstConnect and info.trainers:

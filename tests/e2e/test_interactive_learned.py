@@ -104,3 +104,16 @@ def test_the_interactive_model_trains_on_the_final_labels_through_rest(srv, tmp_
     assert now == stats["version"] and now > (shipped or 0)
     r = post(srv, {"foreground": [CLICK], "label": "lesion"})
     assert r.status_code == 200 and parse_multipart_label(r)[1]["weights_version"] == now
+
+
+def test_the_slicer_logic_lists_the_methods_and_sends_the_chosen_one(srv, tmp_path):
+    from MedSegLib import INTERACTIVE_MODEL, GuidedEdit, MedSegClient
+
+    client = MedSegClient(srv.url, client_id="medseg-slicer")
+    # The module's method menu: what the server's interactive task says it can use now.
+    assert client.server_info().interactive_methods(INTERACTIVE_MODEL) == ["learned", "seeded"]
+    edit = GuidedEdit(client, "phantom", label="lesion", dest_dir=str(tmp_path), method="learned")
+    edit.add_click(CLICK)
+    result = edit.run()
+    assert result.params["method"] == "learned"
+    assert dice(np.asarray(nib.load(result.path).dataobj) == 1, srv.obj) > 0.6

@@ -307,6 +307,15 @@ def test_server_info_from_a_stock_monai_label_app():
     assert info.train_stats_for("segmentation_spleen")["epoch"] == 5
     with pytest.raises(ProtocolError):
         ServerInfo.from_json({"detail": "Not Found"})
+    assert info.interactive_methods("deepgrow_3d") == []  # a stock task: nothing to choose
+
+
+def test_the_method_menu_offers_only_methods_that_can_answer():
+    info = ServerInfo.from_json({"labels": {"a": 1}, "models": {
+        "interactive": {"type": "deepgrow", "methods": {"learned": False, "seeded": True}},
+        "odd": {"type": "deepgrow", "methods": ["learned"]}}})
+    assert info.interactive_methods("interactive") == ["seeded"]  # no weights: no learned
+    assert info.interactive_methods("odd") == [] and info.interactive_methods("missing") == []
 
 
 # ---------------------------------------------------------------- training progress

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 MODES = {"clicks": 0.3, "box": 0.2, "correction": 0.5}
 MAX_CORRECTIONS = 9
+# How a previous object is wrong, and how often (``perturbed``).
+PERTURBATIONS = {"grow_shrink": 0.25, "wobble": 0.3, "cut": 0.15, "add": 0.1, "coarse": 0.15, "empty": 0.05}
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _largest_errors(truth: np.ndarray, previous: np.ndarray, n: int) -> list[tup
 
 def perturbed(truth: np.ndarray, spacing_mm, rng) -> np.ndarray:
     """A plausible wrong answer for the object: what an automatic model or an earlier edit left."""
-    kind = rng.choice(["grow_shrink", "wobble", "cut", "add", "coarse", "empty"], p=[0.25, 0.3, 0.15, 0.1, 0.15, 0.05])
+    kind = rng.choice(list(PERTURBATIONS), p=list(PERTURBATIONS.values()))
     if kind == "empty" or not truth.any():
         return np.zeros_like(truth)
     signed_mm = (ndimage.distance_transform_edt(~truth, sampling=spacing_mm)

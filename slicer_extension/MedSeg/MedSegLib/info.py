@@ -17,6 +17,8 @@ class ModelInfo:
     dimension: Optional[int] = None
     weights_version: Optional[int] = None  # MedSeg servers say which weights they serve
     val_dice_per_label: Dict[str, float] = field(default_factory=dict)
+    # An interactive MedSeg task says which of its methods can answer now ("learned" needs weights).
+    methods: Dict[str, bool] = field(default_factory=dict)
 
     @property
     def is_segmentation(self) -> bool:
@@ -52,7 +54,9 @@ class ServerInfo:
                 name=name, type=str(m.get("type", "segmentation")), labels=model_labels,
                 description=str(m.get("description", "")), dimension=m.get("dimension"),
                 weights_version=weights.get("version"),
-                val_dice_per_label=dict(weights.get("val_dice_per_label") or {}))
+                val_dice_per_label=dict(weights.get("val_dice_per_label") or {}),
+                methods={str(k): bool(v) for k, v in (m.get("methods") or {}).items()}
+                if isinstance(m.get("methods"), dict) else {})
         if not len(app_labels):
             # Stock apps without app-level labels: MONAI Label merges the models' labels.
             merged = {}
@@ -71,6 +75,11 @@ class ServerInfo:
 
     def segmentation_models(self) -> List[str]:
         return [name for name, m in self.models.items() if m.is_segmentation]
+
+    def interactive_methods(self, model: str) -> List[str]:
+        """The methods ``model`` (the interactive task) can use now; empty for a stock app's task."""
+        m = self.models.get(model)
+        return [name for name, available in (m.methods if m is not None else {}).items() if available]
 
     def labels_for(self, model: str) -> LabelSet:
         """The labels a model's output values mean (a stock app's model may number them its own way)."""

@@ -10,8 +10,11 @@ import qt
 import slicer
 import vtk
 
-from MedSegLib import GuidedEdit, ras_to_ijk
+from MedSegLib import INTERACTIVE_MODEL, GuidedEdit, ras_to_ijk
+from MedSegWidgets.controls import fillCombo
 from MedSegWidgets.scene import ATTR_KIND
+
+SERVER_DEFAULT = "server default"
 
 
 class GuidedEditingPanel:
@@ -35,6 +38,15 @@ class GuidedEditingPanel:
         self.ui.foregroundPlaceWidget.setCurrentNode(self.guidedNode("foreground"))
         self.ui.backgroundPlaceWidget.setCurrentNode(self.guidedNode("background"))
         self.ui.boxPlaceWidget.setCurrentNode(self.guidedNode("box"))
+        fillCombo(self.ui.guidedMethodComboBox, [SERVER_DEFAULT])
+
+    def showGuidedMethods(self, info) -> None:
+        """The interactive task's methods that can answer now (a stock app's task has none to choose)."""
+        fillCombo(self.ui.guidedMethodComboBox, [SERVER_DEFAULT] + info.interactive_methods(INTERACTIVE_MODEL))
+
+    def guidedMethod(self) -> Optional[str]:
+        method = self.ui.guidedMethodComboBox.currentText
+        return None if method in ("", SERVER_DEFAULT) else method
 
     def guidedNode(self, kind: str):
         node = self._guidedNodes.get(kind)
@@ -71,11 +83,13 @@ class GuidedEditingPanel:
             return None
         segmentation, segmentId, name = self.editedSegment()
         fromStored = bool(self.ui.refineStoredCheckBox.checked)
-        key = (self.session.image_id, segmentation.GetID(), segmentId, fromStored)
+        method = self.guidedMethod()
+        key = (self.session.image_id, segmentation.GetID(), segmentId, fromStored, method)
         if self.guidedEdit is None or key != self._guidedKey:
             label = name if name in self.session.info.labels.names else None
             self.guidedEdit = GuidedEdit(self.client, self.session.image_id, label=label,
-                                         prior_tag="final" if fromStored and label else None, dest_dir=self.tmpdir)
+                                         prior_tag="final" if fromStored and label else None, dest_dir=self.tmpdir,
+                                         method=method)
             self._guidedKey = key
             self._guidedSnapshot = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume)
             self._placedOrder = []
