@@ -123,6 +123,20 @@ def read_volume(path: str | os.PathLike, dtype=np.float32, what: str | None = No
     return Volume(array=array, affine=img.affine.copy(), header=img.header.copy())
 
 
+def cropped_grid(volume: Volume, region: tuple[slice, ...]) -> Volume:
+    """The grid of ``volume[region]``: its voxels, and an affine (and header forms) moved to the
+    region's first voxel, so that every viewer places the crop where it lies in the image."""
+    start = np.eye(4)
+    start[:3, 3] = [s.start for s in region]
+    affine = volume.affine @ start
+    header = None
+    if volume.header is not None:
+        header = volume.header.copy()
+        header.set_sform(header.get_sform() @ start, code=int(volume.header["sform_code"]) or 1)
+        header.set_qform(header.get_qform() @ start, code=int(volume.header["qform_code"]) or 1)
+    return Volume(volume.array[region], affine, header, volume.modality)
+
+
 def write_like(path: str | os.PathLike, array: np.ndarray, like: Volume, dtype=np.uint8) -> None:
     """Write ``array`` on the grid of ``like`` (same header geometry), atomically."""
     import nibabel as nib

@@ -95,6 +95,7 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     ({"foreground": [CLICK], "label": "spleen"}, "not one of this app's labels"),
     ({"foreground": [CLICK], "prior_path": "/etc/passwd"}, "set by the server"),
     ({"foreground": [CLICK], "label": "liver", "prior_tag": "nosuchtag"}, "no label tagged"),
+    ({"foreground": [CLICK], "changed_region_only": "maybe"}, "changed_region_only"),
 ])
 def test_bad_guidance_gets_422_and_changes_nothing(srv, params, message):
     before = datastore_state(srv.url)
@@ -127,6 +128,15 @@ def test_a_click_refines_the_stored_label_only_near_it(srv, tmp_path):
     outside = np.ones(SHAPE, bool)
     outside[region] = False
     assert np.array_equal(mask[outside], (stored == 2)[outside])
+    # Only the changed region, when asked: a crop of the same answer that lies where it belongs.
+    crop, crop_params = parse_multipart_label(post(srv, {"background": [[40, 12, 10]], "label": "liver",
+                                                         "prior_tag": "final", "changed_region_only": True}))
+    assert crop_params["label_grid"] == "changed_region" and params["label_grid"] == "image"
+    assert crop.shape == tuple(s.stop - s.start for s in region)
+    assert np.array_equal(np.asarray(crop.dataobj) == 1, mask[region])
+    first_voxel_mm = AFFINE @ np.array([*[s.start for s in region], 1.0])
+    assert np.allclose(crop.affine[:, 3], first_voxel_mm, atol=1e-4)
+    assert np.allclose(crop.affine[:3, :3], AFFINE[:3, :3], atol=1e-6)
     # The stored label is the clinician's: an edit answers with a new label and stores nothing.
     assert np.array_equal(np.asarray(nib.load(str(srv.studies / "labels" / "final" / "phantom.nii.gz")).dataobj),
                           stored)

@@ -25,7 +25,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from medseg.checkpoint import ModelStore
 from medseg.edit_sessions import EditSessions
 from medseg.errors import MedSegInputError, UnknownImageError
-from medseg.imageio import read_volume, write_like
+from medseg.imageio import cropped_grid, read_volume, write_like
 from medseg.interaction import (
     LABEL_KINDS,
     MONAI_SCRIBBLE_VALUES,
@@ -38,7 +38,7 @@ from medseg.labels import check_label_against_image
 from medseg.pipeline.interactive_model import InteractiveModel, network_from_checkpoint
 from medseg.pipeline.seeded import CLICK_RADIUS_MM, segment_object
 from medseg.pipeline.training import pick_device
-from medseg.request_options import choice, number
+from medseg.request_options import choice, flag, number
 from medseg.volume_cache import VolumeCache
 
 INTERACTIVE_MODEL = "interactive"
@@ -48,7 +48,8 @@ DEFAULT_METHOD = "seeded"
 # the generic infer options. "reset_state" and "slice" come from MONAI Label's Slicer plugin
 # (its 2D models' state); they do not apply to a 3D walk and are ignored.
 INTERACTIVE_KEYS = ("foreground", "background", "box", "roi", "label", "prior_tag", "prior_path", "label_kind",
-                    "foreground_scribble", "background_scribble", "label_file", "reset_state", "slice", "method")
+                    "foreground_scribble", "background_scribble", "label_file", "reset_state", "slice", "method",
+                    "changed_region_only")
 
 
 def split_interactive_options(params: dict, labels: dict[str, int]) -> tuple[dict, dict]:
@@ -67,6 +68,8 @@ def split_interactive_options(params: dict, labels: dict[str, int]) -> tuple[dic
         choice("label_kind", ours["label_kind"], LABEL_KINDS)
     if "method" in ours:
         choice("method", ours["method"], METHODS)
+    if "changed_region_only" in ours:
+        ours["changed_region_only"] = flag("changed_region_only", ours["changed_region_only"])
     return ours, rest
 
 
@@ -175,7 +178,11 @@ class InteractiveInferTask(InferTask):
         t = time.perf_counter()
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="medseg_interactive_")
         os.close(fd)
-        write_like(out_path, result.mask.astype(np.uint8), volume)
+        # On a 512x512x300 CT the whole label costs more to write and send than a click's region;
+        # a client that asks for the region gets a crop that still lies where it belongs.
+        region_only = bool(request.get("changed_region_only")) and all(s.stop > s.start for s in result.region_vox)
+        grid = cropped_grid(volume, result.region_vox) if region_only else volume
+        write_like(out_path, result.mask[result.region_vox] if region_only else result.mask, grid)
         name = interaction.label or "object"
         return out_path, {
             "label_names": {name: 1},
@@ -188,6 +195,7 @@ class InteractiveInferTask(InferTask):
             "continued_edit": continued is not None,
             "object_voxels": int(result.mask.sum()),
             "output": "labels",
+            "label_grid": "changed_region" if region_only else "image",
         }
 
     def _method(self, asked: str, interaction) -> tuple[str, tuple | None]:
