@@ -132,8 +132,10 @@ def cropped_grid(volume: Volume, region: tuple[slice, ...]) -> Volume:
     header = None
     if volume.header is not None:
         header = volume.header.copy()
-        header.set_sform(header.get_sform() @ start, code=int(volume.header["sform_code"]) or 1)
-        header.set_qform(header.get_qform() @ start, code=int(volume.header["qform_code"]) or 1)
+        # Each form the file sets moves with the crop; an unset one (code 0) is the affine.
+        for get, put in ((header.get_sform, header.set_sform), (header.get_qform, header.set_qform)):
+            form, code = get(coded=True)
+            put(affine if form is None else form @ start, code=int(code) or 1)
     return Volume(volume.array[region], affine, header, volume.modality)
 
 

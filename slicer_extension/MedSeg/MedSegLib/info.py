@@ -49,14 +49,14 @@ class ServerInfo:
         for name, m in (data.get("models") or {}).items():
             m = m if isinstance(m, dict) else {}
             weights = m.get("weights") if isinstance(m.get("weights"), dict) else {}
+            methods = m.get("methods") if isinstance(m.get("methods"), dict) else {}
             model_labels = LabelSet.from_info(m["labels"]) if m.get("labels") else app_labels
             models[name] = ModelInfo(
                 name=name, type=str(m.get("type", "segmentation")), labels=model_labels,
                 description=str(m.get("description", "")), dimension=m.get("dimension"),
                 weights_version=weights.get("version"),
                 val_dice_per_label=dict(weights.get("val_dice_per_label") or {}),
-                methods={str(k): bool(v) for k, v in (m.get("methods") or {}).items()}
-                if isinstance(m.get("methods"), dict) else {})
+                methods={str(k): bool(v) for k, v in methods.items()})
         if not len(app_labels):
             # Stock apps without app-level labels: MONAI Label merges the models' labels.
             merged = {}
