@@ -13,7 +13,7 @@ There is one real CT, so the copies are the same patient: this measures whether 
 pipeline learns this anatomy within the budget on this machine, not how it carries
 over to other patients.
 
-    python bench/chest_ct.py --iterations 300
+    python bench/chest_ct.py --iterations 2000
 """
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ DATA = resources.files("slicerio") / "data"
 LABELS = {"ribs": 1, "cervical_vertebral_column": 2, "thoracic_vertebral_column": 3, "lumbar_vertebral_column": 4,
           "right_lung": 5, "left_lung": 6, "tissue": 7}
 TARGETS = {"right_lung": 0.85, "left_lung": 0.85, "vertebral_column": 0.6}
+TARGET_TRAINING_MINUTES = 15  # of training on this CPU, request to done
 
 
 def warped_copy(volume, label: np.ndarray, seed: int):
@@ -66,7 +67,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--iterations", type=int, default=300)
+    ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--copies", type=int, default=3)
     ap.add_argument("--work", default=str(REPO / "work" / "bench-chest-ct"))
     ap.add_argument("--out", default=None)
@@ -122,8 +123,11 @@ def main(argv=None) -> None:
             per_copy[name] = {"dice": scores, "request_s": round(time.perf_counter() - t, 1)}
     keys = [*LABELS, "vertebral_column"]
     mean = {k: round(float(np.nanmean([c["dice"][k] for c in per_copy.values()])), 4) for k in keys}
-    result.update(per_copy=per_copy, mean_dice=mean,
-                  targets={k: {"target": t, "met": mean[k] >= t} for k, t in TARGETS.items()})
+    targets = {k: {"target": t, "met": mean[k] >= t} for k, t in TARGETS.items()}
+    minutes = result["train_request_s"] / 60
+    targets["training_minutes"] = {"target": TARGET_TRAINING_MINUTES, "measured": round(minutes, 1),
+                                   "met": minutes <= TARGET_TRAINING_MINUTES}
+    result.update(per_copy=per_copy, mean_dice=mean, targets=targets)
     info["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out or REPO / "bench" / "results" / f"chest_ct_{info['device']}.json")
     out.write_text(json.dumps(result, indent=1))

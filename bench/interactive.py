@@ -59,27 +59,39 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(a, b).sum()) / total if total else 1.0
 
 
-def prepare(studies: Path) -> dict:
-    """Images in the studies folder; {image id: (affine-free truth objects {name: mask}, spacing)}."""
-    import nibabel as nib
-
+def colin27_objects(studies: Path) -> tuple[dict, tuple]:
+    """Colin27 with its skull copied into ``studies``; (its objects {name: mask}, spacing)."""
     from medseg.imageio import read_volume
-    from medseg.nrrd_files import read_segmentation_as_label
 
-    cases = {}
     shutil.copyfile(COLIN / "ch2.nii.gz", studies / "colin27.nii.gz")
     colin = read_volume(str(studies / "colin27.nii.gz"))
     aal = np.rint(read_volume(str(COLIN / "aal.nii.gz")).array).astype(int)
     objects = {"brain": read_volume(str(COLIN / "ch2bet.nii.gz")).array > 0}
     objects.update({f"aal_{r}": aal == r for r in AAL_TRAINED + AAL_HELD_OUT})
-    cases["colin27"] = (objects, colin.spacing_mm)
+    return objects, colin.spacing_mm
+
+
+def chest_ct_objects(studies: Path) -> tuple[dict, tuple]:
+    """The slicerio chest CT written into ``studies``; (its 7 labels {name: mask}, spacing)."""
+    import nibabel as nib
+
+    from medseg.imageio import read_volume
+    from medseg.nrrd_files import read_segmentation_as_label
 
     data = resources.files("slicerio") / "data"
     ct = read_volume(str(data / "CTChest4.nrrd"))
     truth = read_segmentation_as_label(str(data / "Segmentation.seg.nrrd"), CHEST_LABELS, ct, "the segmentation").array
     nib.save(nib.Nifti1Image(ct.array.astype(np.int16), ct.affine), str(studies / "chest_ct.nii.gz"))
-    cases["chest_ct"] = ({name: truth == v for name, v in CHEST_LABELS.items()}, ct.spacing_mm)
+    return {name: truth == v for name, v in CHEST_LABELS.items()}, ct.spacing_mm
 
+
+def prepare(studies: Path) -> dict:
+    """Images in the studies folder; {image id: (affine-free truth objects {name: mask}, spacing)}."""
+    import nibabel as nib
+
+    from medseg.imageio import read_volume
+
+    cases = {"colin27": colin27_objects(studies), "chest_ct": chest_ct_objects(studies)}
     from medseg.data.pseudo_subjects import SEED_HELDOUT, generate
 
     generate(studies.parent / "heads", 1, seed=SEED_HELDOUT, prefix="heldout_head", kind="head", workers=1)
@@ -96,14 +108,20 @@ def prepare(studies: Path) -> dict:
 
 
 def click_object(url: str, image_id: str, truth: np.ndarray, spacing, max_clicks: int, box_first: bool = False,
-                 extra: dict | None = None, start: np.ndarray | None = None) -> dict:
-    """Dice and seconds after each interaction on one object."""
+                 extra: dict | None = None, start: np.ndarray | None = None, task: str = "interactive",
+                 foreground_key: str = "foreground") -> dict:
+    """Dice and seconds after each interaction on one object, through ``POST /infer/<task>``.
+
+    ``foreground_key``: the params key of the foreground clicks (a label name, DeepEdit style);
+    the answer's value 1 is the object.
+    """
     sys.path.insert(0, str(REPO))
     from tests.e2e.helpers import parse_multipart_label
 
     from medseg.pipeline.click_simulation import next_click
 
-    params = {"foreground": [], "background": [], **(extra or {})}
+    params = {foreground_key: [], "background": [], **(extra or {})}
+    keys = {"foreground": foreground_key, "background": "background"}
     if box_first:
         nz = np.argwhere(truth)
         params["box"] = [nz.min(0).tolist(), nz.max(0).tolist()]
@@ -114,9 +132,9 @@ def click_object(url: str, image_id: str, truth: np.ndarray, spacing, max_clicks
             if click is None:  # perfect: it stays perfect
                 dices += [1.0] * (max_clicks - n)
                 break
-            params[click[0]].append(click[1])
+            params[keys[click[0]]].append(click[1])
         t = time.perf_counter()
-        r = requests.post(f"{url}/infer/interactive", params={"image": image_id},
+        r = requests.post(f"{url}/infer/{task}", params={"image": image_id},
                           data={"params": json.dumps(params)}, timeout=120)
         r.raise_for_status()
         label, meta = parse_multipart_label(r)

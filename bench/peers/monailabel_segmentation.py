@@ -37,13 +37,14 @@ MODEL = "segmentation_bench"
 SAMPLE_APP = Path(sys.prefix) / "monailabel" / "sample-apps" / "radiology"
 
 
-def prepare_app(dest: Path) -> Path:
+def prepare_app(dest: Path, model: str = MODEL,
+                config: Path = Path(__file__).with_name("monailabel_segmentation_config.py")) -> Path:
+    """A copy of the sample app (without its model folder) with ``config`` added as the config ``model``."""
     if not (SAMPLE_APP / "main.py").exists():
         raise FileNotFoundError(f"MONAI Label's radiology sample app is not at {SAMPLE_APP}")
     shutil.rmtree(dest, ignore_errors=True)
     shutil.copytree(SAMPLE_APP, dest, ignore=shutil.ignore_patterns("__pycache__", "model"))
-    shutil.copyfile(Path(__file__).with_name("monailabel_segmentation_config.py"),
-                    dest / "lib" / "configs" / f"{MODEL}.py")
+    shutil.copyfile(config, dest / "lib" / "configs" / f"{model}.py")
     return dest
 
 
@@ -111,6 +112,6 @@ def train_seconds(log_path: Path) -> dict:
             "iterations_per_s": round(len(gaps) / sum(gaps), 3) if gaps and sum(gaps) > 0 else None}
 
 
-def start_training(srv: LabelServer, request: dict) -> None:
-    r = requests.post(f"{srv.url}/train/{MODEL}", json=request, timeout=120)
+def start_training(srv: LabelServer, request: dict, model: str = MODEL) -> None:
+    r = requests.post(f"{srv.url}/train/{model}", json=request, timeout=120)
     r.raise_for_status()

@@ -45,7 +45,8 @@ CONF_KEYS = (
             "percentiles, dataset z-score; MR: per-image z-score)"),
     ConfKey("gpu_memory_gb", "sized for the machine",
             "memory budget (GiB) that sizes the patch and batch of plans made from the data. Unset: on a GPU "
-            "8; on a CPU a small network and a spacing coarse enough that the median image has at most 4 M "
+            "8; on a CPU a small network, a patch sized for iterations per minute (0.06 GiB of activations) "
+            "and a spacing coarse enough that the median image has at most 4 M "
             'voxels (`planned_for: "cpu"` in the plan). Set, it is used as given, also on a CPU'),
     ConfKey("shipped_weights", "`true`",
             "`false`: ignore the weights shipped in `apps/medseg/model/`, so every model starts from scratch "

@@ -2,7 +2,7 @@
 
 A network with a receptive field smaller than the body finds a lung but cannot always tell
 which one it is: on the slicerio chest CT the CPU plan's U-Net put both lungs into one
-class, and which class changed from one run to the next (bench/results/chest_ct_cpu.json).
+class, and which class changed from one run to the next (earlier runs of bench/chest_ct.py).
 The side of a piece is not a matter of appearance but of position, so for every pair of
 labels that differ only by their side ("left_lung"/"right_lung") each connected piece of
 the pair's union takes the side its centre lies on, against the body's midline. The step is
