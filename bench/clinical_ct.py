@@ -172,5 +172,6 @@ def write_table(info: dict, results: list[dict]) -> None:
         f"{info['torch']}; load before {info['load_average_before']}, after {info['load_average_after']}). "
         f"Peak RSS of the whole server process tree; target {PEAK_RSS_TARGET_GB} GB.")
 
+
 if __name__ == "__main__":
     main()

@@ -2,15 +2,16 @@
 
 The peer is MONAI Label's own radiology sample app from the monailabel wheel, served and
 trained through its REST API, with the config ``bench/peers/monailabel_deepedit_config.py``:
-the stock DeepEdit recipe (DynUNet on the whole image resized to 128^3, Adam 1e-4, DeepEdit's
-click simulation) with one class-agnostic label, ``object``. Data and budget are those of
+the stock DeepEdit recipe (DynUNet on the whole image resized to one input size, stock 128^3,
+Adam 1e-4, DeepEdit's click simulation) with one class-agnostic label, ``object``. Data and budget are those of
 our shipped interactive model (``scripts/train_interactive_model.py``): each training pair is
 one object of its images (the odd-numbered AAL regions and the brain of Colin27 with its
 skull, the MNI tissues, the 7 labels of the slicerio chest CT, and the synthetic lesion
 crops), trained for the wall-clock seconds in our model's card, on this CPU. The stock
 trainer validates after every epoch on a few training-kind objects and publishes its best
 checkpoint; when the budget is spent the run is stopped (``DELETE /train/``) and the last
-published checkpoint is the one measured.
+published checkpoint is the one measured. At the stock 128^3 one epoch outlasts that budget on
+a CPU (a short probe run measures it), so the budget run's input is 64^3 by default.
 
 Clicks follow ``bench/interactive.py``'s protocol (``medseg.pipeline.click_simulation``): the
 first at the object's deepest point, each next one at the deepest point of the largest

@@ -58,10 +58,12 @@ STAGES = ("fullres", "lowres", "cascade_fullres")
 # coarse enough that the median image holds at most 4 M voxels (fine axes coarsened first,
 # as for the cascade's first stage), and a patch sized for iterations per minute rather
 # than for memory: a CPU iteration costs about its activation volume, and a CPU budget is
-# minutes. With the 0.25 GB activation budget the shipped brain models were planned with,
-# the slicerio chest CT gets a 104x104x32 patch and, in 15 minutes from scratch, learns
-# the lungs but never the spine; at 0.06 GB (64x64x20 there) an iteration is about 4x
-# cheaper and the same minutes learn the spine too (bench/results/chest_ct_cpu.json).
+# minutes. With the 0.25 GB budget the shipped brain models were planned with
+# (scripts/train_shipped_model.py), the slicerio chest CT gets a 104x104x32 patch and 450
+# iterations from scratch (over 20 minutes here) learn the lungs but no vertebra
+# (bench/results/chest_ct_cpu_patch104x104x32.json); at 0.06 GB (64x64x20 there) an
+# iteration is about 4x cheaper and 2000 of them, in 12 minutes, learn the spine too
+# (bench/results/chest_ct_cpu.json).
 # A user who wants more sets --conf gpu_memory_gb, which is then used as is.
 CPU_ACTIVATION_BUDGET_GB = 0.06
 CPU_PLANNING = {"gpu_memory_budget_gb": CPU_ACTIVATION_BUDGET_GB, "base_features": 8, "max_features": 64,
