@@ -327,8 +327,13 @@ def test_any_orientation_gives_the_same_network_input_and_labels_back_in_place(a
 
 
 @pytest.mark.parametrize("n_classes", [3, 300])
-def test_slab_wise_labels_equal_the_full_resampling_and_use_uint16_beyond_255_labels(n_classes):
+@pytest.mark.parametrize("slab_bytes", [1, 3 * 17 * 23 * 4 * 3, 2**30])  # a row, 3 rows (uneven), one slab
+def test_slab_wise_labels_equal_the_full_resampling_and_use_uint16_beyond_255_labels(n_classes, slab_bytes,
+                                                                                      monkeypatch):
+    from medseg.pipeline import preprocess
     from medseg.pipeline.preprocess import labels_on_grid, resample_probabilities
+
+    monkeypatch.setattr(preprocess, "LABEL_SLAB_BYTES", slab_bytes)
 
     gen = torch.Generator().manual_seed(n_classes)
     probs = torch.softmax(3 * torch.randn((n_classes, 9, 11, 7), generator=gen), 0)

@@ -45,3 +45,28 @@ def test_rejects_bad_configuration():
         UNet(3, 1, 2, features=(4, 8), strides=[[2, 2, 2], [2, 2, 2]])
     with pytest.raises(ValueError, match="spatial dims"):
         UNet(3, 1, 2, features=(4, 8))(torch.randn(1, 1, 8, 8))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pointwise_head_equals_the_convolution_it_replaces_and_loads_its_weights(dims):
+    from medseg.networks.blocks import pointwise_conv
+
+    torch.manual_seed(0)
+    conv = (torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d)(8, 121, 1)
+    head = pointwise_conv(dims, 8, 121)
+    head.load_state_dict(conv.state_dict())  # checkpoints of the conv heads load unchanged
+    x = torch.randn(2, 8, *([9, 7, 5][:dims]), requires_grad=True)
+    out = head(x)
+    assert out.shape == conv(x).shape
+    assert torch.allclose(out, conv(x), atol=1e-5)
+    out.sum().backward()  # it trains too
+    assert head.weight.grad is not None and x.grad is not None
+
+
+def test_inference_runs_only_the_finest_head():
+    net = UNet(3, 1, 4, features=[8, 16, 32, 64], deep_supervision=True).eval()
+    calls = []
+    for level, head in enumerate(net.heads):
+        head.register_forward_hook(lambda *_, level=level: calls.append(level))
+    net(torch.randn(1, 1, 16, 16, 16))
+    assert calls == [len(net.heads) - 1]  # heads run coarsest first; the last is full resolution

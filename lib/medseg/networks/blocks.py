@@ -5,6 +5,7 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int]) -> torch.Tensor:
@@ -16,6 +17,42 @@ def pad_to_multiple(x: torch.Tensor, divisor: Sequence[int]) -> torch.Tensor:
     for size, div in zip(reversed(x.shape[2:]), reversed(divisor)):
         pad += [0, (-size) % div]
     return F.pad(x, pad) if any(pad) else x
+
+
+class _PointwiseOnCpu:
+    """A 1x1 convolution computed as one batched matrix product on the CPU.
+
+    The segmentation heads are 1x1 convolutions from a few features to one map per
+    class. On the CPU, oneDNN's convolution for them was 2-12x slower than the same
+    product as ``baddbmm`` (measured: 8 -> 121 channels on a 2x72x72x14 batch, 0.071 s
+    against 0.040 s; 24 -> 4 on 96^3, 0.21 s against 0.017 s), and with 100+ labels the
+    head was the slowest layer of a U-Net. Weights and state-dict keys are those of the
+    convolution, so existing checkpoints load unchanged; other devices keep the conv.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().forward(x)
+        batch, out_ch = x.shape[0], self.out_channels
+        weight = self.weight.reshape(out_ch, -1).expand(batch, out_ch, self.in_channels)
+        bias = self.bias[None, :, None] if self.bias is not None else torch.zeros((), dtype=x.dtype)
+        product = torch.baddbmm(bias, weight, x.reshape(batch, self.in_channels, -1))
+        return product.reshape(batch, out_ch, *x.shape[2:])
+
+
+class PointwiseConv3d(_PointwiseOnCpu, nn.Conv3d):
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+
+class PointwiseConv2d(_PointwiseOnCpu, nn.Conv2d):
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+
+def pointwise_conv(dims: int, in_channels: int, out_channels: int) -> nn.Module:
+    """A 1x1 convolution (a segmentation head) of ``dims`` spatial dimensions."""
+    return (PointwiseConv3d if dims == 3 else PointwiseConv2d)(in_channels, out_channels)
 
 
 def stride_product(strides: Sequence[Sequence[int]], start: Sequence[int]) -> list[int]:

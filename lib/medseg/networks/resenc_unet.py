@@ -31,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import check_spatial_dims, decode, pad_to_multiple, stride_product
+from medseg.networks.blocks import check_spatial_dims, decode, pad_to_multiple, pointwise_conv, stride_product
 
 from medseg.networks.unet import (
     ConvNormAct,
@@ -175,10 +175,10 @@ class ResEncUNet(nn.Module):
             k = kernel_sizes[i - 1]
             convs = [ConvNormAct(d, skip, skip, k, ones) for _ in range(decoder_convs_per_stage - 1)]
             self.decoder.append(nn.Sequential(ConvNormAct(d, 2 * skip, skip, k, ones), *convs))
-        self.head = _conv(d)(features[0], out_channels, 1)
+        self.head = pointwise_conv(d, features[0], out_channels)
         # Auxiliary heads only exist when used, so every parameter is trained.
         self.aux_heads = nn.ModuleList(
-            [_conv(d)(features[i], out_channels, 1) for i in range(n - 2, 0, -1)] if deep_supervision else []
+            [pointwise_conv(d, features[i], out_channels) for i in range(n - 2, 0, -1)] if deep_supervision else []
         )
 
     @property

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import check_spatial_dims, pad_to_multiple, stride_product
+from medseg.networks.blocks import check_spatial_dims, pad_to_multiple, pointwise_conv, stride_product
 
 
 def _conv(dims: int):
@@ -123,7 +123,7 @@ class UNet(nn.Module):
             below, skip = features[i], features[i - 1]
             self.upsamplers.append(_transposed_conv(spatial_dims)(below, skip, strides[i], stride=strides[i]))
             self.decoder.append(Stage(spatial_dims, 2 * skip, skip, kernel_sizes[i - 1], [1] * spatial_dims))
-            self.heads.append(_conv(spatial_dims)(skip, out_channels, 1))
+            self.heads.append(pointwise_conv(spatial_dims, skip, out_channels))
 
     @property
     def size_divisor(self) -> list[int]:
@@ -140,14 +140,18 @@ class UNet(nn.Module):
             x = stage(x)
             skips.append(x)
         x = skips.pop()
+        # The coarse heads only serve the deep-supervision loss: in inference each would write
+        # another set of class maps per window (121 of them for a 120-label CT) for nothing.
+        with_aux = self.training and self.deep_supervision
         outputs = []
-        for up, stage, head in zip(self.upsamplers, self.decoder, self.heads):
+        for level, (up, stage, head) in enumerate(zip(self.upsamplers, self.decoder, self.heads)):
             x = stage(torch.cat([up(x), skips.pop()], dim=1))
-            outputs.append(head(x))
+            if with_aux or level == len(self.decoder) - 1:
+                outputs.append(head(x))
         outputs.reverse()  # finest first
 
         crop = tuple(slice(None, s) for s in spatial)
         full = outputs[0][(Ellipsis, *crop)]
-        if self.training and self.deep_supervision:
+        if with_aux:
             return [full] + outputs[1:]
         return full

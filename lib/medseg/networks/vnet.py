@@ -33,7 +33,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from medseg.networks.blocks import check_spatial_dims, decode, pad_to_multiple, stride_product
+from medseg.networks.blocks import check_spatial_dims, decode, pad_to_multiple, pointwise_conv, stride_product
 
 from medseg.networks.unet import _conv, _norm, _transposed_conv, default_topology
 
@@ -165,10 +165,10 @@ class VNet(nn.Module):
             # The concatenation doubles the width, and the decoder stage keeps it.
             self.decoder.append(ResidualStage(d, 2 * features[i], convs[i], kernel_size, normalize))
             below = 2 * features[i]
-        self.head = _conv(d)(2 * features[0], out_channels, 1)
+        self.head = pointwise_conv(d, 2 * features[0], out_channels)
         # Auxiliary heads only exist when used, so every parameter is trained.
         self.aux_heads = nn.ModuleList(
-            [_conv(d)(2 * features[i], out_channels, 1) for i in range(n - 2, 0, -1)] if deep_supervision else []
+            [pointwise_conv(d, 2 * features[i], out_channels) for i in range(n - 2, 0, -1)] if deep_supervision else []
         )
 
     @property
