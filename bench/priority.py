@@ -36,8 +36,10 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def interactive_requests(url: str, label_path: Path, image_ids: list[str]) -> dict:
-    """Seconds per request kind, median of ``len(image_ids)`` requests each."""
+def interactive_requests(url: str, labels_dir: Path, image_ids: list[str]) -> dict:
+    """Seconds per request kind, median of ``len(image_ids)`` requests each. Each submit is the
+    image's own label (``labels_dir``): pseudo-subjects differ in size, and the server refuses a
+    label on another grid."""
     def infer(image_id):
         r = requests.post(f"{url}/infer/unet3d", params={"image": image_id}, timeout=600)
         r.raise_for_status()
@@ -47,6 +49,7 @@ def interactive_requests(url: str, label_path: Path, image_ids: list[str]) -> di
         r.raise_for_status()
 
     def submit(image_id):
+        label_path = labels_dir / f"{image_id}.nii.gz"
         with open(label_path, "rb") as f:
             r = requests.put(f"{url}/datastore/label", params={"image": image_id, "tag": "bench_draft"},
                              files={"label": (label_path.name, f)}, data={"params": "{}"}, timeout=120)
@@ -87,12 +90,12 @@ def main(argv=None) -> None:
         shutil.copyfile(work / "subjects" / "labels" / f"{r['name']}.nii.gz",
                         studies / "labels" / "final" / f"{r['name']}.nii.gz")
     unlabeled = [r["name"] for r in records[2:]]
-    label_path = work / "subjects" / "labels" / f"{records[2]['name']}.nii.gz"
+    labels_dir = work / "subjects" / "labels"
     conf = {"models": "unet3d", "al_auto_scoring": "false"}
     result = {"machine": info}
     with BenchServer(studies, conf, work / "server.log") as srv:
-        interactive_requests(srv.url, label_path, unlabeled[:1])  # warm-up: weights loaded, caches filled
-        result["alone"] = interactive_requests(srv.url, label_path, unlabeled)
+        interactive_requests(srv.url, labels_dir, unlabeled[:1])  # warm-up: weights loaded, caches filled
+        result["alone"] = interactive_requests(srv.url, labels_dir, unlabeled)
         requests.post(f"{srv.url}/train/unet3d", json={"max_iterations": 2000, "publish": "if_not_worse",
                                                       "model_selection": False}, timeout=60).raise_for_status()
         requests.post(f"{srv.url}/scoring/epistemic", json={}, timeout=60).raise_for_status()
@@ -101,7 +104,7 @@ def main(argv=None) -> None:
             time.sleep(2)
         time.sleep(30)  # past the task processes' start-up, into their steady work
         result["busy_with"] = "training (2000 iterations) and epistemic (MC-dropout) scoring, both running"
-        result["busy"] = interactive_requests(srv.url, label_path, unlabeled)
+        result["busy"] = interactive_requests(srv.url, labels_dir, unlabeled)
         result["background_still_running"] = background_running(srv.url)
         requests.delete(f"{srv.url}/train/", timeout=60)
         requests.delete(f"{srv.url}/scoring/", timeout=60)

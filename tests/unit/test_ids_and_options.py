@@ -118,7 +118,14 @@ def test_background_tasks_lower_their_priority_and_nothing_else_does():
     assert not in_task_process() and lower_priority() is False  # this test process is not a task
     assert in_task_process(["/x/site-packages/monailabel/interfaces/utils/app.py", "-m", "train"])
     # A real process whose argv[0] is MONAI Label's task runner path lowers itself.
-    code = ("import sys, os; sys.argv[0] = os.path.join('x', 'monailabel', 'interfaces', 'utils', 'app.py'); "
-            "from medseg.background import lower_priority; lower_priority(); lower_priority(); print(os.nice(0))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert int(out.split()[-1]) == os.nice(0) + 10
+    # torch's worker threads exist before the task lowers itself: they must be lowered too.
+    code = ("import sys, os, torch; sys.argv[0] = os.path.join('x', 'monailabel', 'interfaces', 'utils', 'app.py'); "
+            "torch.set_num_threads(2); a = torch.randn(600, 600); (a @ a).sum(); "
+            "from medseg.background import lower_priority; lower_priority(); lower_priority(); "
+            "stats = [open(f'/proc/self/task/{t}/stat').read().rsplit(')', 1)[1].split() for t in os.listdir('/proc/self/task')]; "
+            "print(len(stats), *sorted({(int(s[16]), int(s[38])) for s in stats}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    n_threads, states = int(out[0]), out[1:]
+    assert n_threads >= 2
+    # /proc's stat fields 19 and 41: niceness, and policy 5 (SCHED_IDLE), the same in every thread.
+    assert states == [f"({min(19, os.nice(0) + 10)},", f"{os.SCHED_IDLE})"]
