@@ -39,11 +39,12 @@ def lower_priority() -> bool:
     if not in_task_process():
         return False
     if not getattr(lower_priority, "done", False):
-        for thread in process_threads():
+        threads = process_threads()
+        for thread in threads:
             lower_thread(thread)
         lower_priority.done = True
         logger.info("background task: CPU priority lowered (niceness %d, %s) for %d threads", os.nice(0),
-                    "SCHED_IDLE" if hasattr(os, "SCHED_IDLE") else "no idle policy", len(process_threads()))
+                    "SCHED_IDLE" if hasattr(os, "SCHED_IDLE") else "no idle policy", len(threads))
     return True
 
 

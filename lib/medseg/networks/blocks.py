@@ -23,11 +23,11 @@ class _PointwiseOnCpu:
     """A 1x1 convolution computed as one batched matrix product on the CPU.
 
     The segmentation heads are 1x1 convolutions from a few features to one map per
-    class. On the CPU, oneDNN's convolution for them was 2-12x slower than the same
-    product as ``baddbmm`` (measured: 8 -> 121 channels on a 2x72x72x14 batch, 0.071 s
-    against 0.040 s; 24 -> 4 on 96^3, 0.21 s against 0.017 s), and with 100+ labels the
-    head was the slowest layer of a U-Net. Weights and state-dict keys are those of the
-    convolution, so existing checkpoints load unchanged; other devices keep the conv.
+    class. On the CPU, oneDNN's convolution for them was several times slower than the
+    same product as ``baddbmm``, and with 100+ labels the head was the slowest layer of
+    a U-Net (the request-level before/after is the clinical-CT table in bench/README.md).
+    Weights and state-dict keys are those of the convolution, so existing checkpoints
+    load unchanged; other devices keep the conv.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -222,8 +222,8 @@ def labels_on_grid(probs: torch.Tensor, shape) -> np.ndarray:
     reduced to labels at once; the source coordinates follow torch's
     ``align_corners=False`` rule, so the labels are the same. The slab runs along the
     first axis because a source row there, probs[c, x], is one contiguous (Y, Z) plane:
-    slabs along the last axis read every cache line of the whole maps for each slab,
-    which with 121 class maps of a 512x512x60 CT took longer than the network.
+    slabs along the last axis read every cache line of the whole maps for each slab
+    (the clinical-CT before/after in bench/README.md shows what that cost with 121 maps).
     """
     if probs.ndim != 4 or tuple(probs.shape[1:]) == tuple(shape):
         return class_argmax(resample_probabilities(probs, shape))
