@@ -18,6 +18,8 @@ from medseg.pipeline.interactive_model import (
     network_input,
     paste,
     sample,
+    _axes_changed_at_faces,
+    _zoomed_out,
 )
 from medseg.pipeline.interactive_training import (
     MODES,
@@ -54,6 +56,23 @@ def test_a_mask_seen_through_a_patch_and_pasted_back_is_the_same_mask(step):
     restored = np.zeros(shape, bool)
     restored[box] = back
     assert dice(restored, mask) > (0.99 if step == 1 else 0.93)
+
+
+def test_auto_zoom_grows_only_the_axes_the_object_ran_into_and_stays_fine_on_thick_slices():
+    shape, spacing = (512, 512, 60), (0.6, 0.6, 5.0)
+    grid = PatchGrid.around([256, 256, 30], [1, 1, 1], spacing)  # a click at the image's resolution
+    box = grid.image_box(shape)
+    local = np.zeros(tuple(s.stop - s.start for s in box), bool)
+    local[:, 10:30, 20:30] = True  # an organ wider than the 29 mm patch in-plane, 10 slices thick
+    before = np.zeros_like(local)
+    axes = _axes_changed_at_faces(before, local, box, shape)
+    assert axes == {0}
+    wider = _zoomed_out(grid, local, box, axes, shape, spacing)
+    zoomed_box = wider.image_box(shape)
+    assert zoomed_box[0].stop - zoomed_box[0].start >= 2 * (box[0].stop - box[0].start)
+    # Doubling the 48 slices as well asked for 480 mm through-plane: a patch of 10 mm voxels.
+    assert wider.spacing_mm(spacing).max() < 5.5 and wider.step[2] == 1
+    assert not _axes_changed_at_faces(local, local, box, shape)  # unchanged at the faces: no zoom
 
 
 def test_clicks_are_balls_in_millimetres_on_anisotropic_patches():

@@ -218,15 +218,13 @@ class InteractiveModel:
             channels = network_input(image, spacing_mm, grid, foreground_vox, background_vox, box_vox,
                                      mask if mask.any() else None)  # sampled crop by crop: no full-size copy
             box, local = paste(self.probabilities(channels), grid, shape)
-            changed_at_faces = _changed_faces(mask[box], local, box, shape)
+            axes_to_grow = _axes_changed_at_faces(mask[box], local, box, shape)
             mask[box] = local
             boxes.append(box)
-            if not changed_at_faces or zoom_outs >= MAX_ZOOM_OUTS:
+            if not axes_to_grow or zoom_outs >= MAX_ZOOM_OUTS:
                 break
             zoom_outs += 1
-            extent = (np.asarray(PATCH_VOX) * grid.step) * ZOOM_OUT_FACTOR
-            centre = _centre(local, box) if local.any() else grid.origin + (np.asarray(PATCH_VOX) - 1) / 2 * grid.step
-            grid = PatchGrid.around(centre, extent, spacing_mm)
+            grid = _zoomed_out(grid, local, box, axes_to_grow, shape, spacing_mm)
         region = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
         return LearnedResult(mask, region, time.perf_counter() - start, zoom_outs,
                              [round(float(s), 3) for s in grid.spacing_mm(spacing_mm)])
@@ -249,14 +247,31 @@ class InteractiveModel:
         return PatchGrid.around((low + high) / 2, extent, spacing_mm)
 
 
+def _zoomed_out(grid: PatchGrid, local: np.ndarray, box, axes_to_grow: set[int], shape, spacing_mm) -> PatchGrid:
+    """The next region: ZOOM_OUT_FACTOR wider along the axes where the object ran into a face,
+    just around the object along the others, and never wider than the image.
+
+    Growing only where needed keeps the patch fine: on a 0.6x0.6x5 mm CT, doubling all three
+    axes of a 48-slice region asked for 480 mm through-plane, and the patch went to 10 mm voxels.
+    """
+    covered = np.array([b.stop - b.start for b in box], float)
+    nz = np.argwhere(local)
+    object_extent = nz.max(0) - nz.min(0) + 1
+    extent = [covered[a] * ZOOM_OUT_FACTOR if a in axes_to_grow else object_extent[a] * (1 + 2 * BOX_MARGIN)
+              for a in range(3)]
+    extent = np.minimum(extent, np.asarray(shape, float))
+    return PatchGrid.around(_centre(local, box), extent, spacing_mm)
+
+
 def _centre(mask: np.ndarray, box) -> np.ndarray:
     idx = np.argwhere(mask)
     return (idx.min(0) + idx.max(0)) / 2 + np.array([s.start for s in box])
 
 
-def _changed_faces(before: np.ndarray, after: np.ndarray, box, shape) -> bool:
-    """True when the object touches a face of the region (one that is not the image's border)
-    and differs there from what it was: the region was too small to hold the change."""
+def _axes_changed_at_faces(before: np.ndarray, after: np.ndarray, box, shape) -> set[int]:
+    """The axes along which the object touches a face of the region (one that is not the
+    image's border) and differs there from what it was: the region was too small to hold the change."""
+    axes = set()
     for axis in range(3):
         for side, index in ((0, 0), (1, -1)):
             at_border = box[axis].start == 0 if side == 0 else box[axis].stop == shape[axis]
@@ -264,5 +279,5 @@ def _changed_faces(before: np.ndarray, after: np.ndarray, box, shape) -> bool:
                 continue
             face_after = np.take(after, index, axis=axis)
             if face_after.any() and not np.array_equal(face_after, np.take(before, index, axis=axis)):
-                return True
-    return False
+                axes.add(axis)
+    return axes
