@@ -135,7 +135,7 @@ def main(argv=None) -> None:
     ap.add_argument("--work", default=str(REPO / "work" / "bench-interactive-deepedit"))
     ap.add_argument("--table-only", action="store_true",
                     help="no run: rewrite the table from the committed DeepEdit results and bench/interactive.py's "
-                         "newest ones (after ours change; DeepEdit's rows stay as measured)")
+                         "committed ones, after a rerun of ours (DeepEdit's rows stay as measured)")
     args = ap.parse_args(argv)
     if args.table_only:
         committed = json.loads((REPO / "bench" / "results" / "interactive_deepedit_cpu.json").read_text())

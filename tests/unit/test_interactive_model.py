@@ -67,7 +67,7 @@ def test_auto_zoom_grows_only_the_axes_the_object_ran_into_and_stays_fine_on_thi
     before = np.zeros_like(local)
     axes = _axes_changed_at_faces(before, local, box, shape)
     assert axes == {0}
-    wider = _zoomed_out(grid, local, box, axes, shape, spacing)
+    wider = _zoomed_out(local, box, axes, shape, spacing)
     zoomed_box = wider.image_box(shape)
     assert zoomed_box[0].stop - zoomed_box[0].start >= 2 * (box[0].stop - box[0].start)
     # Doubling the 48 slices as well asked for 480 mm through-plane: a patch of 10 mm voxels.

@@ -224,7 +224,7 @@ class InteractiveModel:
             if not axes_to_grow or zoom_outs >= MAX_ZOOM_OUTS:
                 break
             zoom_outs += 1
-            grid = _zoomed_out(grid, local, box, axes_to_grow, shape, spacing_mm)
+            grid = _zoomed_out(local, box, axes_to_grow, shape, spacing_mm)
         region = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(3))
         return LearnedResult(mask, region, time.perf_counter() - start, zoom_outs,
                              [round(float(s), 3) for s in grid.spacing_mm(spacing_mm)])
@@ -247,8 +247,9 @@ class InteractiveModel:
         return PatchGrid.around((low + high) / 2, extent, spacing_mm)
 
 
-def _zoomed_out(grid: PatchGrid, local: np.ndarray, box, axes_to_grow: set[int], shape, spacing_mm) -> PatchGrid:
-    """The next region: ZOOM_OUT_FACTOR wider along the axes where the object ran into a face,
+def _zoomed_out(local: np.ndarray, box, axes_to_grow: set[int], shape, spacing_mm) -> PatchGrid:
+    """The next region around the object ``local`` (on the image voxels ``box``; not empty, since
+    it reached a face): ZOOM_OUT_FACTOR wider than ``box`` along the axes where it ran into a face,
     just around the object along the others, and never wider than the image.
 
     Growing only where needed keeps the patch fine: on a 0.6x0.6x5 mm CT, doubling all three
@@ -256,16 +257,11 @@ def _zoomed_out(grid: PatchGrid, local: np.ndarray, box, axes_to_grow: set[int],
     """
     covered = np.array([b.stop - b.start for b in box], float)
     nz = np.argwhere(local)
-    object_extent = nz.max(0) - nz.min(0) + 1
-    extent = [covered[a] * ZOOM_OUT_FACTOR if a in axes_to_grow else object_extent[a] * (1 + 2 * BOX_MARGIN)
+    low, high = nz.min(0), nz.max(0)
+    extent = [covered[a] * ZOOM_OUT_FACTOR if a in axes_to_grow else (high[a] - low[a] + 1) * (1 + 2 * BOX_MARGIN)
               for a in range(3)]
-    extent = np.minimum(extent, np.asarray(shape, float))
-    return PatchGrid.around(_centre(local, box), extent, spacing_mm)
-
-
-def _centre(mask: np.ndarray, box) -> np.ndarray:
-    idx = np.argwhere(mask)
-    return (idx.min(0) + idx.max(0)) / 2 + np.array([s.start for s in box])
+    centre = (low + high) / 2 + np.array([b.start for b in box])
+    return PatchGrid.around(centre, np.minimum(extent, np.asarray(shape, float)), spacing_mm)
 
 
 def _axes_changed_at_faces(before: np.ndarray, after: np.ndarray, box, shape) -> set[int]:
