@@ -10,6 +10,7 @@ Objects (every one a separate target; the model never sees a label name):
 
     python scripts/train_interactive_model.py --minutes 35
     python scripts/train_interactive_model.py --minutes 35 --resume   # continue the shipped weights
+    python scripts/train_interactive_model.py --check-only   # the card's quick check redone, no training
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import torch
 
 import medseg
 from medseg.checkpoint import load_checkpoint, save_checkpoint
+from medseg.durable import write_bytes_atomic
 from medseg.data.lesions import paste_lesions
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1
 from medseg.imageio import read_volume
@@ -106,11 +108,22 @@ def render_card(card: dict) -> str:
              f", final loss {card['training']['final_loss']} ({card['hardware']['cpu']}, "
              f"{card['hardware']['threads']} threads).",
              "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + f". Trained {card['trained_at']}.",
-             "", "Quick check (the model called directly; simulated clicks on Colin27):", "",
+             "", f"Quick check (the model called directly; simulated clicks on Colin27"
+             f"{'; redone ' + card['quick_check_at'] + ' with the inference of that date' if card.get('quick_check_at') else ''}):", "",
              "| objects | regions | mean Dice after each click |", "|---|---|---|"]
     for name, result in check.items():
         lines.append(f"| {name} | {result['regions']} | {', '.join(f'{d:.2f}' for d in result['mean_dice_per_click'])} |")
     return "\n".join(lines) + "\n"
+
+
+def recheck(out: Path) -> None:
+    """The card's quick check redone on its own weights, so that it describes the inference that ships."""
+    card = json.loads((out / "model_card.json").read_text())
+    card["quick_check"] = quick_check(network_from_checkpoint(load_checkpoint(out / "model.pt")))
+    card["quick_check_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    print(json.dumps(card["quick_check"], indent=1))
+    write_bytes_atomic(out / "model_card.json", json.dumps(card, indent=1).encode())
+    write_bytes_atomic(out / "MODEL_CARD.md", render_card(card).encode())
 
 
 def main(argv=None) -> None:
@@ -121,7 +134,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--resume", action="store_true", help="continue training the weights in --out")
     ap.add_argument("--learning-rate", type=float, default=None, help="default 1e-3, or 5e-4 with --resume")
+    ap.add_argument("--check-only", action="store_true",
+                    help="no training: rerun the quick check of the weights in --out with this version's inference "
+                         "(after a change to it) and rewrite the card's figures")
     args = ap.parse_args(argv)
+    if args.check_only:
+        return recheck(Path(args.out))
     earlier = json.loads((Path(args.out) / "model_card.json").read_text())["training"] if args.resume else None
     torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.time()

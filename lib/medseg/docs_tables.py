@@ -97,12 +97,13 @@ def interactive_card_table() -> str:
                      " / ".join(f"{curve[n - 1]:.2f}" for n in (1, 3, 5, len(curve))), f"{noc:.1f}"])
     objects = ", ".join(f"{k} {v}" for k, v in card["data"]["objects"].items() if not k.startswith("lesions"))
     lesions = sum(v for k, v in card["data"]["objects"].items() if k.startswith("lesions"))
+    redone = f"; redone {card['quick_check_at']} with the inference of that date" if card.get("quick_check_at") else ""
     return (f"Generated from `apps/medseg/model/interactive/model_card.json` by `python -m medseg.docs_tables`. "
             f"[`interactive`](../apps/medseg/model/interactive/MODEL_CARD.md): {card['description']}; "
             f"{card['network']['parameters']:,} parameters, trained "
             f"{card['training']['seconds'] / 60:.0f} min on a CPU ({card['training']['iterations']} iterations) on "
             f"objects: {objects}, and {lesions} synthetic lesions. Quick check in the training script (the model "
-            f"called directly, simulated clicks on Colin27; `bench/interactive.py` measures through REST):\n\n"
+            f"called directly, simulated clicks on Colin27{redone}; `bench/interactive.py` measures through REST):\n\n"
             + markdown_table(["objects", "n", f"Dice after 1 / 3 / 5 / {len(curve)} clicks",
                               f"NoC@85 (of {len(curve)})"], rows))
 

@@ -33,9 +33,8 @@ CLICK_RADIUS_MM = 3.0
 MAX_ZOOM_OUTS = 3
 # Each zoom-out is coarser, and a coarse pass adds false voxels along the object's edge on every
 # click; widening by half rather than doubling keeps the patch finer. Chosen on held-out AAL
-# regions 2, 26, ..., 98 (Dice after 10 clicks 0.66 -> 0.76) and confirmed on others never
-# trained on (14, 38, ..., 110: 0.64 -> 0.74), exploratory runs of 2026-12-04; bench/interactive.py
-# holds the committed figures.
+# regions 2, 26, ..., 98 and confirmed on other never-trained ones (14, 38, ..., 110); the
+# before/after is in the git history of bench/results/interactive_cpu.json and the model card.
 ZOOM_OUT_FACTOR = 1.5
 BOX_MARGIN = 0.25  # of the box's extent on each side, so the network sees the object's edge
 
