@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from medseg.pipeline.seeded import REFINE_RADIUS_MM
 from tests.conftest import Server
 from tests.e2e.helpers import datastore_state, parse_multipart_label, put_label
 from tests.e2e.test_interactive import AFFINE, CLICK, SHAPE, dice, phantom
@@ -78,6 +79,26 @@ def test_scribbles_ask_for_the_seeded_method_and_bad_methods_get_422(srv, tmp_pa
     assert r.status_code == 422 and "scribbles need method seeded" in r.json()["detail"]
     r = post(srv, {"foreground": [CLICK], "method": "magic"})
     assert r.status_code == 422 and "method" in r.json()["detail"]
+
+
+def test_a_learned_correction_of_the_stored_label_only_takes_away_near_a_background_click(srv, tmp_path):
+    stored = np.where(srv.obj, 2, 0).astype(np.uint8)
+    stored[38:42, 10:14, 8:12] = 2  # a false island in the neighbouring structure
+    path = tmp_path / "final.nii.gz"
+    nib.save(nib.Nifti1Image(stored, AFFINE), str(path))
+    assert put_label(srv.url, "phantom", path).status_code == 200
+    click = [40, 12, 10]
+    r = post(srv, {"background": [click], "label": "liver", "prior_tag": "final"})
+    assert r.status_code == 200, r.text
+    label, params = parse_multipart_label(r)
+    mask, before = np.asarray(label.dataobj) == 1, stored == 2
+    assert params["refined"] and params["zoom_outs"] == 0
+    assert not (mask & ~before).any()  # a background click never adds
+    spacing = np.abs(np.diag(AFFINE)[:3])
+    distance_mm = np.sqrt((((np.indices(SHAPE).transpose(1, 2, 3, 0) - click) * spacing) ** 2).sum(-1))
+    far = distance_mm > REFINE_RADIUS_MM
+    assert np.array_equal(mask[far], before[far])  # a prediction is corrected where it was clicked, nowhere else
+    assert mask[38:42, 10:14, 8:12].sum() < 0.5 * 64  # and the clicked island is mostly gone
 
 
 def test_the_interactive_model_trains_on_the_final_labels_through_rest(srv, tmp_path):

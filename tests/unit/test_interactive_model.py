@@ -14,6 +14,7 @@ from medseg.pipeline.interactive_model import (
     PatchGrid,
     balls,
     build_network,
+    local_correction,
     network_config,
     network_from_checkpoint,
     network_input,
@@ -159,3 +160,24 @@ def test_a_few_training_steps_run_and_the_model_answers_on_the_image_grid():
     outside = np.ones(im.image.shape, bool)
     outside[kept.region_vox] = False
     assert np.array_equal(kept.mask[outside], previous[outside])  # only the regions it ran on change
+
+
+def test_correcting_a_prior_takes_away_only_near_a_background_click_and_adds_only_near_a_foreground_one():
+    shape, spacing = (60, 50, 40), (1.0, 1.0, 2.0)
+    prior = ellipsoid(shape, (30, 25, 20), (20, 15, 10))
+    click = np.array([[30, 25, 20]])
+    distance_mm = np.sqrt((((np.indices(shape).transpose(1, 2, 3, 0) - click[0]) * spacing) ** 2).sum(-1))
+    cleared = local_correction(prior, np.zeros(shape, bool), np.zeros((0, 3), int), click, spacing, 10.0)
+    assert np.array_equal(cleared, prior & (distance_mm > 10.0))  # an answer of nothing erases just the ball
+    filled = local_correction(prior, np.ones(shape, bool), click, np.zeros((0, 3), int), spacing, 10.0)
+    assert np.array_equal(filled, prior | (distance_mm <= 10.0))
+    assert np.array_equal(local_correction(prior, np.ones(shape, bool), np.zeros((0, 3), int), click, spacing, 10.0),
+                          prior)  # a background click never adds
+
+    torch.manual_seed(0)
+    model = InteractiveModel(build_network(), torch.device("cpu"))  # any answer: the rule must hold for all
+    image = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    for foreground, background in ((click, np.zeros((0, 3), int)), (np.zeros((0, 3), int), click)):
+        out = model.segment(image, spacing, foreground, background, None, prior, correction_radius_mm=10.0)
+        assert out.zoom_outs == 0 and np.array_equal(out.mask[distance_mm > 10.0], prior[distance_mm > 10.0])
+        assert not (out.mask & ~prior).any() if len(background) else not (prior & ~out.mask).any()

@@ -36,7 +36,7 @@ from medseg.interaction import (
 from medseg.ids import label_tag
 from medseg.labels import check_label_against_image
 from medseg.pipeline.interactive_model import InteractiveModel, network_from_checkpoint
-from medseg.pipeline.seeded import CLICK_RADIUS_MM, segment_object
+from medseg.pipeline.seeded import CLICK_RADIUS_MM, REFINE_RADIUS_MM, segment_object
 from medseg.pipeline.training import pick_device
 from medseg.request_options import choice, flag, number
 from medseg.volume_cache import VolumeCache
@@ -165,7 +165,9 @@ class InteractiveInferTask(InferTask):
         if method == "learned":
             result = learned[0].segment(volume.array, volume.spacing_mm, interaction.foreground_vox,
                                         interaction.background_vox, interaction.box_vox, previous,
-                                        focus_vox=continued.new_vox if continued else None)
+                                        focus_vox=continued.new_vox if continued else None,
+                                        # a prior is corrected near the clicks, as the seeded method does
+                                        correction_radius_mm=REFINE_RADIUS_MM if prior is not None else None)
             details = {"zoom_outs": result.zoom_outs, "patch_spacing_mm": result.patch_spacing_mm,
                        "weights_version": learned[1]}
         else:
