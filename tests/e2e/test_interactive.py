@@ -113,17 +113,26 @@ def test_scribbles_on_another_grid_get_422(srv, tmp_path):
     assert r.status_code == 422 and "not on the image's grid" in r.json()["detail"]
 
 
-def test_a_click_refines_the_stored_label_only_near_it(srv, tmp_path):
+ISLAND = (slice(38, 42), slice(10, 14), slice(8, 12))  # a false piece of "liver" in the neighbouring structure
+
+
+def store_liver_with_an_island(srv, tmp_path) -> np.ndarray:
+    """The phantom's object stored as its final "liver" label, plus ISLAND; the stored label."""
     stored = np.where(srv.obj, 2, 0).astype(np.uint8)
-    stored[38:42, 10:14, 8:12] = 2  # a false island in the neighbouring structure
+    stored[ISLAND] = 2
     path = tmp_path / "final.nii.gz"
     nib.save(nib.Nifti1Image(stored, AFFINE), str(path))
     assert put_label(srv.url, "phantom", path).status_code == 200
+    return stored
+
+
+def test_a_click_refines_the_stored_label_only_near_it(srv, tmp_path):
+    stored = store_liver_with_an_island(srv, tmp_path)
     r = post(srv, {"background": [[40, 12, 10]], "label": "liver", "prior_tag": "final"})
     assert r.status_code == 200, r.text
     label, params = parse_multipart_label(r)
     mask = np.asarray(label.dataobj) == 1
-    assert params["refined"] and not mask[38:42, 10:14, 8:12].any()
+    assert params["refined"] and not mask[ISLAND].any()
     region = tuple(slice(a, b) for a, b in params["region_vox"])
     outside = np.ones(SHAPE, bool)
     outside[region] = False

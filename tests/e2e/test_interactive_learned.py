@@ -17,7 +17,7 @@ import requests
 from medseg.pipeline.seeded import REFINE_RADIUS_MM
 from tests.conftest import Server
 from tests.e2e.helpers import datastore_state, parse_multipart_label, put_label
-from tests.e2e.test_interactive import AFFINE, CLICK, SHAPE, dice, phantom
+from tests.e2e.test_interactive import AFFINE, CLICK, ISLAND, SHAPE, dice, phantom, store_liver_with_an_island
 
 OBLIQUE = np.array([[0.0, -1.0, 0.2, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.3, 2.4, 7.0], [0, 0, 0, 1]])
 
@@ -82,11 +82,7 @@ def test_scribbles_ask_for_the_seeded_method_and_bad_methods_get_422(srv, tmp_pa
 
 
 def test_a_learned_correction_of_the_stored_label_only_takes_away_near_a_background_click(srv, tmp_path):
-    stored = np.where(srv.obj, 2, 0).astype(np.uint8)
-    stored[38:42, 10:14, 8:12] = 2  # a false island in the neighbouring structure
-    path = tmp_path / "final.nii.gz"
-    nib.save(nib.Nifti1Image(stored, AFFINE), str(path))
-    assert put_label(srv.url, "phantom", path).status_code == 200
+    stored = store_liver_with_an_island(srv, tmp_path)
     click = [40, 12, 10]
     r = post(srv, {"background": [click], "label": "liver", "prior_tag": "final"})
     assert r.status_code == 200, r.text
@@ -98,7 +94,7 @@ def test_a_learned_correction_of_the_stored_label_only_takes_away_near_a_backgro
     distance_mm = np.sqrt((((np.indices(SHAPE).transpose(1, 2, 3, 0) - click) * spacing) ** 2).sum(-1))
     far = distance_mm > REFINE_RADIUS_MM
     assert np.array_equal(mask[far], before[far])  # a prediction is corrected where it was clicked, nowhere else
-    assert mask[38:42, 10:14, 8:12].sum() < 0.5 * 64  # and the clicked island is mostly gone
+    assert mask[ISLAND].sum() < 0.5 * 64  # and the clicked island is mostly gone
 
 
 def test_the_interactive_model_trains_on_the_final_labels_through_rest(srv, tmp_path):

@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage
 
 from medseg.networks.unet import UNet
+from medseg.pipeline.seeded import near_clicks
 
 PATCH_VOX = (48, 48, 48)
 GUIDANCE_CHANNELS = ("foreground_clicks", "background_clicks", "box", "previous_object")
@@ -293,9 +294,7 @@ def _within_mm(shape, points_vox: np.ndarray, spacing_mm, radius_mm: float) -> t
     low = np.maximum(points_vox.min(0) - reach, 0)
     high = np.minimum(points_vox.max(0) + reach + 1, shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(low, high))
-    seeds = np.ones(tuple(high - low), bool)
-    seeds[tuple((points_vox - low).T)] = False
-    return box, ndimage.distance_transform_edt(seeds, sampling=spacing_mm) <= radius_mm
+    return box, near_clicks(tuple(high - low), points_vox - low, spacing_mm, radius_mm)
 
 
 def _zoomed_out(local: np.ndarray, box, axes_to_grow: set[int], shape, spacing_mm) -> PatchGrid:

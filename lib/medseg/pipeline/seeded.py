@@ -329,14 +329,14 @@ def click_groups(interaction: Interaction, spacing_mm) -> list[Interaction]:
     return out
 
 
-def near_clicks(shape, points_vox: np.ndarray, spacing_mm) -> np.ndarray:
-    """Voxels of a region within REFINE_RADIUS_MM of a click (``points_vox``: region indices)."""
+def near_clicks(shape, points_vox: np.ndarray, spacing_mm, radius_mm: float = REFINE_RADIUS_MM) -> np.ndarray:
+    """Voxels of a region within ``radius_mm`` of a click (``points_vox``: region indices)."""
     clicks = np.zeros(shape, bool)
     inside = points_vox[np.all((points_vox >= 0) & (points_vox < shape), axis=1)]
     clicks[tuple(inside.T)] = True
     if not clicks.any():
         return clicks
-    return ndimage.distance_transform_edt(~clicks, sampling=spacing_mm) <= REFINE_RADIUS_MM
+    return ndimage.distance_transform_edt(~clicks, sampling=spacing_mm) <= radius_mm
 
 
 def refine_group(image: np.ndarray, spacing_mm, group: Interaction, prior: np.ndarray):
