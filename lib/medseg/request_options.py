@@ -70,6 +70,19 @@ def choice(name: str, value, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def client_id(params: dict) -> dict:
+    """``params`` with its ``client_id`` checked: text, or left out when null. MONAI Label's own
+    Python client sends ``"client_id": null`` unless told a name, and means "no client"."""
+    if "client_id" not in params:
+        return params
+    out = dict(params)
+    if out["client_id"] is None:
+        del out["client_id"]
+    else:
+        out["client_id"] = text("client_id", out["client_id"])
+    return out
+
+
 def text(name: str, value, max_chars: int = 256) -> str:
     if not isinstance(value, str) or len(value) > max_chars or "\x00" in value:
         raise MedSegInputError(f"option {name} must be text of at most {max_chars} characters")
@@ -89,14 +102,12 @@ def infer_options(params: dict[str, Any], device: str) -> dict[str, Any]:
     unknown = sorted(set(params) - known)
     if unknown:
         raise MedSegInputError(f"unknown infer option(s) {unknown}; options: {', '.join(sorted(known))}")
-    out = dict(params)
+    out = client_id(params)
     for key in INFER_FLAGS:
         if key in params:
             out[key] = flag(key, params[key])
     if "label_tag" in params:
         out["label_tag"] = label_tag(params["label_tag"])
-    if "client_id" in params:
-        out["client_id"] = text("client_id", params["client_id"])
     if "timeout" in params:
         out["timeout"] = number("timeout", params["timeout"], float, 1, 24 * 3600)
     if "device" in params:

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
 
 from medseg.server_process import LabelServer
 from tests.conftest import REPO, Server, make_studies
@@ -85,6 +87,64 @@ def test_monai_labels_own_slicer_client_works_with_our_server(our_server, tmp_pa
         status = client.train_status()
     assert status["status"] == "DONE", status
     assert client.info()["train_stats"]["unet3d"]["published"] is True
+
+
+def slicer_module_echo(info: dict, section: str, name: str) -> dict:
+    """What MONAI Label's Slicer module sends as a task's options: the task's /info config, the
+    first entry of each list (MONAILabel.py, ``getParamsFromConfig``)."""
+    config = info[section][name].get("config", {})
+    return {k: v[0] if isinstance(v, list) else v for k, v in config.items()}
+
+
+def test_every_stock_client_default_is_accepted(our_server, tmp_path):
+    """The requests MONAI Label 0.8.5's own clients send with their defaults, through the real server:
+    its Python client (no client_id: it sends ``"client_id": null``), its Slicer module (task configs
+    echoed back, ``result_extension``/``result_dtype``) and its OHIF v3 extension (no client_id)."""
+    from monailabel.client import MONAILabelClient as PythonClient
+
+    client = PythonClient(our_server.url, tmpdir=str(tmp_path))
+    info = client.info()
+    sample = client.next_sample("random", {})  # {"client_id": null}
+    image_id = sample["id"]
+    image = nib.load(str(our_server.studies / f"{image_id}.nii.gz"))
+    result_path, params = client.infer("unet3d", image_id, {})  # {"client_id": null}
+    assert nib.load(result_path).shape == image.shape and params["label_names"] == info["labels"]
+
+    # The Slicer module's click on its SmartEdit (deepgrow) model: the interactive task's config
+    # echoed back with the clicks, through the module's own client library.
+    slicer_client = MONAILabelClient(our_server.url, tmpdir=str(tmp_path), client_id="user-xyz")
+    click = [int(n) // 2 for n in image.shape]
+    smart_edit = {"label": "white_matter", "foreground": [click], "background": [],
+                  **slicer_module_echo(info, "models", "interactive"),
+                  "result_extension": ".nrrd", "result_dtype": "uint8"}
+    edited_path, edited = slicer_client.infer("interactive", image_id, smart_edit)
+    assert nib.load(edited_path).shape == image.shape and edited["label_names"] == {"white_matter": 1}
+
+    # OHIF v3's segmentation request (output=image, its four result options, no client_id).
+    ohif = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_compress": False,
+            "restore_label_idx": False}
+    r = requests.post(f"{our_server.url}/infer/unet3d", params={"image": image_id, "output": "image"},
+                      files={"params": (None, json.dumps(ohif))}, timeout=600)
+    assert r.status_code == 200, r.text
+    assert requests.post(f"{our_server.url}/activelearning/random", json={}, timeout=60).status_code == 200
+
+    # A label and an image from the Python client (tag "" means final), client_id null in both.
+    label_file = tmp_path / "stock_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(nib.load(result_path).dataobj).astype(np.uint8), image.affine), str(label_file))
+    client.save_label(image_id, str(label_file), params={"label_info": [{"name": "grey_matter", "idx": 1},
+                                                                         {"name": "white_matter", "idx": 2}]})
+    assert (our_server.studies / "labels" / "final" / f"{image_id}.nii.gz").exists()
+    client.upload_image(str(our_server.studies / f"{image_id}.nii.gz"), image_id="uploaded_by_stock_client")
+    assert "uploaded_by_stock_client" in requests.get(f"{our_server.url}/datastore/?output=all", timeout=60).json()["objects"]
+
+    # Training: the Python client's {"client_id": null}, and the Slicer module's Train button, which
+    # sends the trainer's whole config back (max_iterations and max_epochs: 0 together).
+    for start in (lambda: client.train_start("unet3d", dict(TINY_TRAINING)),
+                  lambda: slicer_client.train_start("unet3d", {**slicer_module_echo(info, "trainers", "unet3d"),
+                                                               **TINY_TRAINING})):
+        start()
+        status = our_server.wait_for_training(600)
+        assert status["status"] == "DONE", status
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,8 @@ class TrainConfig:
             else:
                 kind = int if f.type in ("int", int) else float
                 base[f.name] = number(f.name, raw, kind, *OPTION_BOUNDS[f.name])
-        if request.get("max_epochs") is not None and request.get("max_iterations") is not None:
+        # max_epochs 0 means "use max_iterations" (MONAI Label's Slicer module sends both, as /info lists them).
+        if base["max_epochs"] and request.get("max_epochs") is not None and request.get("max_iterations") is not None:
             raise MedSegInputError("give max_iterations or max_epochs, not both")
         return cls(**base)
 

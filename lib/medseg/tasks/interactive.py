@@ -36,7 +36,7 @@ from medseg.interaction import (
 from medseg.ids import label_tag
 from medseg.labels import check_label_against_image
 from medseg.pipeline.interactive_model import InteractiveModel, network_from_checkpoint
-from medseg.pipeline.seeded import CLICK_RADIUS_MM, REFINE_RADIUS_MM, segment_object
+from medseg.pipeline.seeded import REFINE_RADIUS_MM, segment_object
 from medseg.pipeline.training import pick_device
 from medseg.request_options import choice, flag, number
 from medseg.volume_cache import VolumeCache
@@ -90,7 +90,9 @@ class InteractiveInferTask(InferTask):
             dimension=3,
             description="Guided editing from foreground/background clicks, a box or scribbles: one object of any "
             "anatomy, by a class-agnostic network (method learned) or learning-free (method seeded)",
-            config={"click_radius_mm": CLICK_RADIUS_MM, "method": METHODS},
+            # Only options a request may carry: MONAI Label's Slicer module sends this config back with
+            # every click (the first of each list), and an informational entry there was refused as unknown.
+            config={"method": METHODS},
         )
         self.app_labels = dict(labels)
         self.cache = cache

@@ -39,7 +39,7 @@ from medseg.pipeline.training import (
     pick_device,
     train_network,
 )
-from medseg.request_options import choice, flag, text
+from medseg.request_options import choice, client_id, flag, text
 from medseg.selection import checkpoint_dice, evaluate_models, save_selection
 
 logger = logging.getLogger(__name__)
@@ -90,9 +90,10 @@ def check_train_request(params: dict) -> dict:
     for key in ("replan", "model_selection"):
         if key in params:
             out[key] = flag(key, params[key])
+    out = client_id(out)
     for key in CLIENT_KEYS:
-        if key in params:
-            out[key] = text(key, params[key])
+        if key in out and key != "client_id":
+            out[key] = text(key, out[key])
     return out
 
 
