@@ -31,7 +31,7 @@ from monailabel.interfaces.utils.app import app_instance
 from monailabel.utils.others.generic import remove_file
 
 from medseg.errors import MedSegInputError, UnknownModelError, UnsupportedMediaError
-from medseg.request_options import json_object, number, text
+from medseg.request_options import client_id, json_object, number
 from medseg.tasks.infer import UploadedImage
 from medseg.tasks.interactive_train import InteractiveTrainTask, check_interactive_train_request
 from medseg.tasks.train import check_train_request
@@ -179,7 +179,8 @@ def post_train_all(params: Optional[dict] = Body(None), run_sync: Optional[bool]
                    user: User = Depends(RBAC(ADMIN))):
     from monailabel.endpoints.train import run
 
-    params = params or {}
+    # MONAI Label's Python client names itself here too ({"client_id": null}); the rest are models.
+    params = {k: v for k, v in (params or {}).items() if k != "client_id"}
     for model, options in params.items():
         trainer = _trainer(model)
         if not isinstance(options, dict):
@@ -206,10 +207,7 @@ def post_activelearning(strategy: str, params: Optional[dict] = Body(None), user
     strategies = app_instance()._strategies
     if strategy not in strategies:
         raise UnknownTaskError(f"no strategy {strategy!r}; strategies: {', '.join(strategies)}")
-    params = dict(params or {})
-    if "client_id" in params:
-        params["client_id"] = text("client_id", params["client_id"])
-    return sample(strategy, params, user.username)
+    return sample(strategy, client_id(params or {}), user.username)
 
 
 @router.post("/scoring/{method}", summary="Run one scoring method")
@@ -221,6 +219,32 @@ def post_scoring(method: str, params: Optional[dict] = Body(None), run_sync: Opt
     if method not in methods:
         raise UnknownTaskError(f"no scoring method {method!r}; methods: {', '.join(methods)}")
     return run_method(method, params, run_sync)
+
+
+# ---------------------------------------------------------------- login
+
+
+class LoginRefused(MedSegInputError):
+    http_status = 401
+
+
+@router.post("/auth/token", summary="Log in: a bearer token from the OpenID issuer (password grant)")
+def post_auth_token(username: str = Form(...), password: str = Form(...)):
+    """MONAI Label's password login, with the issuer's refusal answered as 401, not as a server error."""
+    import requests
+    from monailabel.config import settings
+    from monailabel.endpoints.user.auth import token_uri
+
+    if not settings.MONAI_LABEL_AUTH_ENABLE:  # as MONAI Label answers: no token to give
+        return {"access_token": None, "token_type": None}
+    data = {"client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID, "username": username, "password": password,
+            "grant_type": "password"}
+    answer = requests.post(token_uri(), data=data, timeout=settings.MONAI_LABEL_AUTH_TIMEOUT)
+    if answer.status_code in (400, 401, 403):
+        raise LoginRefused(f"the login of {username!r} was refused: wrong user name or password")
+    answer.raise_for_status()  # the issuer itself failing is a server error (502 would hide nothing more)
+    token = answer.json()
+    return {"access_token": token["access_token"], "token_type": token.get("token_type", "bearer")}
 
 
 # ---------------------------------------------------------------- routes MedSeg does not serve

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 import threading
 import time
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import jwt
@@ -18,7 +20,7 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Server, make_studies
+from tests.conftest import REPO, Server, make_studies
 from tests.e2e.helpers import put_label
 
 pytestmark = pytest.mark.e2e
@@ -28,20 +30,39 @@ RANK = {"user": 1, "annotator": 2, "admin": 4}
 
 
 class Issuer:
-    """A realm URL on loopback that serves the public key tokens are checked against."""
+    """A realm URL on loopback that serves the public key tokens are checked against, and the
+    OpenID password login MONAI Label's ``POST /auth/token`` forwards to (Keycloak's layout)."""
+
+    USERS = {"ana": ("ana-secret", "user"), "ben": ("ben-secret", "annotator")}
 
     def __init__(self):
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         der = self.key.public_key().public_bytes(serialization.Encoding.DER,
                                                  serialization.PublicFormat.SubjectPublicKeyInfo)
         body = json.dumps({"realm": "medseg", "public_key": base64.b64encode(der).decode()}).encode()
+        issuer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_response(200)
+            def answer(self, status, data: bytes):
+                self.send_response(status)
                 self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(body)
+                self.wfile.write(data)
+
+            def do_GET(self):
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    self.answer(200, json.dumps({"token_endpoint": f"{issuer.url}/protocol/openid-connect/token"}).encode())
+                else:
+                    self.answer(200, body)
+
+            def do_POST(self):
+                form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["content-length"])).decode())
+                user = issuer.USERS.get(form.get("username", [""])[0])
+                if form.get("grant_type") != ["password"] or user is None or form.get("password") != [user[0]]:
+                    return self.answer(401, b'{"error": "invalid_grant"}')
+                self.answer(200, json.dumps({"access_token": issuer.token([ROLE[user[1]]]), "token_type": "bearer",
+                                             "expires_in": 600}).encode())
 
             def log_message(self, *args):
                 pass
@@ -165,3 +186,39 @@ def test_without_auth_only_this_machine_is_answered(server):
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
     r = requests.get(f"{server.url}/info/", headers={"X-Forwarded-For": "203.0.113.7"}, timeout=30)
     assert r.status_code == 403 and "open_network" in r.json()["detail"]
+
+
+def test_the_slicer_module_logs_in_and_its_roles_hold(auth_server, tmp_path):
+    """MedSegLib as the module uses it on a secured server: it sees a login is needed, logs in through
+    MONAI Label's POST /auth/token, sends the bearer token, and is told to log in again on a 401."""
+    if str(REPO / "slicer_extension" / "MedSeg") not in sys.path:
+        sys.path.insert(0, str(REPO / "slicer_extension" / "MedSeg"))
+    from MedSegLib import (AuthenticationRequiredError, LabelSet, MedSegClient, MedSegClientError, ServerResponseError,
+                           connect, submit_label)
+
+    client = MedSegClient(auth_server.url, client_id="slicer-ana")
+    assert connect(client) == (True, None)  # a login is needed before anything else
+    with pytest.raises(AuthenticationRequiredError, match="needs a login") as refused:
+        client.server_info()
+    assert refused.value.status == 401 and not refused.value.had_token
+    with pytest.raises(MedSegClientError, match="password"):
+        client.login("ana", "wrong")
+    wrong = requests.post(f"{auth_server.url}/auth/token", data={"username": "ana", "password": "x"}, timeout=30)
+    assert wrong.status_code == 401 and "wrong user name or password" in wrong.json()["detail"]
+    assert client.token is None
+    client.login("ana", "ana-secret")
+    auth_enabled, info = connect(client)
+    assert auth_enabled and info.labels.to_dict() == {"grey_matter": 1, "white_matter": 2}
+
+    labels = LabelSet({"grey_matter": 1, "white_matter": 2})
+    with pytest.raises(ServerResponseError) as forbidden:  # a user segments; only an annotator submits
+        submit_label(client, "subject_000", str(auth_server.truth), labels)
+    assert forbidden.value.status == 403
+    annotator = MedSegClient(auth_server.url, client_id="slicer-ben")
+    annotator.login("ben", "ben-secret")
+    assert submit_label(annotator, "subject_000", str(auth_server.truth), labels).version is not None
+
+    client.token = auth_server.issuer.token([ROLE["user"]], expires_in_s=-30)  # the session outlived it
+    with pytest.raises(AuthenticationRequiredError, match="expired") as expired:
+        client.server_info()
+    assert expired.value.had_token
