@@ -21,9 +21,10 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from MedSegLib import (BackgroundJobs, GuidedEdit, LabelingSession, MedSegClient, MedSegClientError,
-                       TrainingMonitor, default_client_id, fetch_sample_image, image_id_for,
-                       normalize_server_url, submit_label)
+from MedSegLib import (AnswerTarget, AuthenticationRequiredError, BackgroundJobs, GuidedEdit, LabelingSession,
+                       MedSegClient, MedSegClientError, RequestCancelledError, TrainingMonitor, connect,
+                       default_client_id, describe_version, fetch_sample_image, image_id_for, normalize_server_url,
+                       submit_label)
 from MedSegWidgets.controls import fillCombo, hexColour, nodeId
 from MedSegWidgets.guided_editing import GuidedEditingPanel
 from MedSegWidgets.scene import SceneLogic
@@ -33,6 +34,9 @@ SETTINGS_URL = "MedSeg/serverUrl"
 SETTINGS_HISTORY = "MedSeg/serverUrlHistory"
 SETTINGS_AUTO_SEGMENT = "MedSeg/autoSegment"
 SETTINGS_AUTO_NEXT = "MedSeg/autoNext"
+SETTINGS_TOKEN = "MedSeg/token/"  # + server URL; only when the user asks to stay logged in
+# Requests the Cancel button stops waiting for (training has Stop; polls are not the user's).
+CANCELLABLE_JOBS = ("sample", "segment", "guided", "upload", "submit", "versions", "restore")
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 # Voxel edits change the segmentation's source representation (called "master" before Slicer 5.4).
@@ -50,11 +54,13 @@ class MedSeg(ScriptedLoadableModule):
         self.parent.title = "MedSeg"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["MedSeg project"]
+        self.parent.contributors = ["MedSeg developers (MedSeg project)"]
         self.parent.helpText = (
             "Label images with a MedSeg label server (a MONAI Label app): fetch the next image to label, "
             "segment it with a server model, correct it with the Segment Editor, submit it, and retrain. "
-            "Works with any MONAI Label server. See slicer_extension/README.md in the MedSeg repository.")
+            "Works with any MONAI Label server. "
+            '<a href="https://github.com/Project-MONAI/MONAILabel">MONAI Label</a>; '
+            "the module's guide is slicer_extension/README.md in the MedSeg repository.")
         self.parent.acknowledgementText = (
             "Follows the REST contract of MONAI Label (Project MONAI) and the scripted-module conventions "
             "of 3D Slicer.")
@@ -125,6 +131,9 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         self.ui.submitButton.connect("clicked(bool)", self.onSubmit)
         self.ui.trainButton.connect("clicked(bool)", self.onTrain)
         self.ui.stopTrainingButton.connect("clicked(bool)", self.onStopTraining)
+        self.ui.loginButton.connect("clicked(bool)", self.onLogin)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
+        self.ui.restoreVersionButton.connect("clicked(bool)", self.onRestoreVersion)
         self.ui.autoSegmentCheckBox.connect("toggled(bool)", lambda on: qt.QSettings().setValue(SETTINGS_AUTO_SEGMENT, on))
         self.ui.autoNextCheckBox.connect("toggled(bool)", lambda on: qt.QSettings().setValue(SETTINGS_AUTO_NEXT, on))
         self.setupGuidedEditing()
@@ -167,10 +176,16 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        # Answers on their way belong to nodes that are about to go.
+        for name in CANCELLABLE_JOBS:
+            self.jobs.cancel(name)
+        self.guidedEdit, self._guidedKey, self._placedOrder = None, None, []
         self.setParameterNode(None)
         self.observeSegmentation(None)
 
     def onSceneEndClose(self, caller, event) -> None:
+        self.attachGuidanceNodes()  # Close Scene deleted the markups the place widgets were using
+        self.session.sample_loaded(None, "")
         if self.parent.isEntered:
             self.initializeParameterNode()
         self.updateButtons()
@@ -223,6 +238,8 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
     def onSegmentEdited(self, caller=None, event=None) -> None:
         if not self._importing:
             self.session.dirty = True
+            # Painted by hand: the next click starts a new guided edit from the segment as it is now.
+            self.guidedEdit, self._guidedKey = None, None
 
     # ------------------------------------------------------------------ state shown in the GUI
     def updateButtons(self) -> None:
@@ -234,7 +251,9 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         connected = self.session.connected
         training = self.monitor is not None and self.monitor.last is not None and self.monitor.last.running
         self.ui.connectButton.enabled = not busy("connect")
-        self.ui.nextSampleButton.enabled = connected and self.ui.strategyComboBox.count > 0 and not busy("sample")
+        # A new sample while a prediction or a click is computed would leave it nowhere to go.
+        self.ui.nextSampleButton.enabled = (connected and self.ui.strategyComboBox.count > 0 and not busy("sample")
+                                            and not busy("segment") and not busy("guided"))
         self.ui.uploadButton.enabled = self.session.can_upload(volume is not None) and not busy("upload")
         self.ui.segmentButton.enabled = (self.session.can_segment() and volume is not None
                                          and self.ui.modelComboBox.count > 0 and not busy("segment"))
@@ -244,7 +263,11 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         self.ui.stopTrainingButton.enabled = connected and training and not busy("stop")
         guided = self.session.can_segment() and volume is not None and not busy("guided")
         self.ui.refineButton.enabled = guided
-        self.ui.undoClickButton.enabled = guided and bool(self._placedOrder)
+        self.ui.undoClickButton.enabled = self.session.can_segment() and bool(self._placedOrder)
+        self.ui.cancelButton.enabled = any(busy(name) for name in CANCELLABLE_JOBS)
+        self.ui.loginButton.enabled = self.client is not None and not busy("connect")
+        self.ui.restoreVersionButton.enabled = (self.session.image_id is not None and self.ui.versionsComboBox.count > 1
+                                                and not busy("restore"))
         if volume is not None and self.session.image_id is None and connected:
             self.ui.sampleLabel.text = f"{volume.GetName()}: not on the server (Upload to label it)"
 
@@ -252,22 +275,44 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         logging.info("MedSeg: %s", text)
         self.ui.statusLabel.text = text
 
-    def runInBackground(self, name: str, failure: str, fn, *args, onDone=None, busyText: str = "") -> None:
-        """Run a blocking call off the main thread; ``onDone(result)`` runs back on it."""
+    def runInBackground(self, name: str, failure: str, fn, *args, onDone=None, onFailed=None,
+                        busyText: str = "", cancellable: bool = False) -> None:
+        """Run a blocking call off the main thread; ``onDone(result)`` (or ``onFailed()``) runs back on it.
+
+        ``cancellable``: ``fn`` takes ``cancel`` (an event the Cancel button sets) and stops its transfer.
+        """
         def onError(error, details):
-            self.setStatus(f"{failure}.")
-            message = str(error) if isinstance(error, MedSegClientError) else f"{failure}: {error}"
-            slicer.util.errorDisplay(message, detailedText=details)
+            # A modal dialog runs Qt's event loop: never inside the poll that called us, hence singleShot.
+            if isinstance(error, RequestCancelledError):
+                self.setStatus("Cancelled.")
+            elif isinstance(error, AuthenticationRequiredError):
+                self.setStatus(str(error))
+                self.ui.loginLabel.text = "expired: log in again" if error.had_token else "needed: press Log in"
+                qt.QTimer.singleShot(0, self.onLogin)
+            else:
+                self.setStatus(f"{failure}.")
+                message = str(error) if isinstance(error, MedSegClientError) else f"{failure}: {error}"
+                qt.QTimer.singleShot(0, lambda: slicer.util.errorDisplay(message, detailedText=details))
+            if onFailed is not None:
+                onFailed()
 
         def done(result):
             self.setStatus("Ready.")
             if onDone is not None:
                 onDone(result)
 
-        self.jobs.submit(name, fn, *args, on_done=done, on_error=onError)
+        self.jobs.submit(name, fn, *args, on_done=done, on_error=onError, with_cancel=cancellable)
         if busyText:
             self.setStatus(busyText)
         self.jobTimer.start()
+        self.updateButtons()
+
+    def onCancel(self) -> None:
+        cancelled = [name for name in CANCELLABLE_JOBS if self.jobs.cancel(name)]
+        if cancelled:
+            self._refinePending = False
+            self.setStatus(f"Cancelled ({', '.join(cancelled)}); the server may still finish it, and its answer "
+                           "is dropped.")
         self.updateButtons()
 
     def onJobTimer(self) -> None:
@@ -301,17 +346,68 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
                 self.session = LabelingSession()
                 self.monitor = None
                 self.trainTimer.stop()
-            self.client = MedSegClient(url, client_id=default_client_id())
+            token = self.client.token if self.client is not None and self.client.server_url == url else None
+            self.client = MedSegClient(url, client_id=default_client_id(),
+                                       token=token or slicer.util.settingsValue(SETTINGS_TOKEN + url, None))
             self.rememberServerUrl(url)
-            self.runInBackground("connect", "Could not connect to the label server", self.client.server_info,
+            self.runInBackground("connect", "Could not connect to the label server", connect, self.client,
                                  onDone=self.showServerInfo, busyText=f"Connecting to {url} ...")
 
     def refreshInfo(self) -> None:
         if self.client is not None and not self.jobs.busy("connect"):
-            self.runInBackground("connect", "Could not refresh the server state", self.client.server_info,
+            self.runInBackground("connect", "Could not refresh the server state", connect, self.client,
                                  onDone=self.showServerInfo)
 
-    def showServerInfo(self, info) -> None:
+    # ------------------------------------------------------------------ login
+    def onLogin(self) -> None:
+        """MONAI Label's password login (POST /auth/token); the token lives in memory unless asked."""
+        if self.client is None or self.jobs.busy("connect"):
+            return
+        dialog = qt.QDialog(slicer.util.mainWindow())
+        dialog.setWindowTitle(f"Log in to {self.client.server_url}")
+        form = qt.QFormLayout(dialog)
+        user, password = qt.QLineEdit(), qt.QLineEdit()
+        user.text = slicer.util.settingsValue("MedSeg/user", "") or ""
+        password.setEchoMode(qt.QLineEdit.Password)
+        remember = qt.QCheckBox("Stay logged in on this computer (the token is saved in Slicer's settings)")
+        form.addRow("User:", user)
+        form.addRow("Password:", password)
+        form.addRow(remember)
+        buttons = qt.QDialogButtonBox(qt.QDialogButtonBox.Ok | qt.QDialogButtonBox.Cancel)
+        buttons.connect("accepted()", dialog.accept)
+        buttons.connect("rejected()", dialog.reject)
+        form.addRow(buttons)
+        if not dialog.exec_():
+            return
+        username, secret, keep = user.text.strip(), password.text, bool(remember.checked)
+        qt.QSettings().setValue("MedSeg/user", username)
+        client = self.client
+
+        def loggedIn(token):
+            settings = qt.QSettings()
+            if keep:
+                settings.setValue(SETTINGS_TOKEN + client.server_url, token)
+            else:
+                settings.remove(SETTINGS_TOKEN + client.server_url)
+            self.ui.loginLabel.text = f"logged in as {username}"
+            self.refreshInfo()
+
+        self.client.logout()
+        self.runInBackground("connect", "Could not log in", client.login, username, secret, onDone=loggedIn,
+                             busyText=f"Logging in as {username} ...")
+
+    def showServerInfo(self, answer) -> None:
+        authEnabled, info = answer
+        if info is None:  # authentication on, no token yet
+            self.ui.loginLabel.text = "needed: press Log in"
+            self.setStatus("This server needs a login.")
+            qt.QTimer.singleShot(0, self.onLogin)
+            self.updateButtons()
+            return
+        if not authEnabled:
+            self.ui.loginLabel.text = "not needed (authentication is off)"
+        elif not self.ui.loginLabel.text.startswith("logged in"):
+            self.ui.loginLabel.text = "logged in (remembered token)"
         firstConnect = not self.session.connected
         self.session.info = info
         self.ui.appLabel.text = f"{info.name} {info.version}".strip() or "(unnamed app)"
@@ -344,16 +440,17 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         strategy = self.ui.strategyComboBox.currentText
         client = self.client
         tmpdir = self.tmpdir
+        self.onClearClicks()  # the points belong to the image being left
 
-        def fetch():
+        def fetch(cancel=None):
             sample = client.next_sample(strategy)
             if sample is None:
                 return None
-            path, source = fetch_sample_image(client, sample, tmpdir)
+            path, source = fetch_sample_image(client, sample, tmpdir, cancel=cancel)
             return sample, path, source
 
         self.runInBackground("sample", "Could not fetch the next sample", fetch, onDone=self.showSample,
-                             busyText=f"Asking the server for the next image ({strategy}) ...")
+                             busyText=f"Asking the server for the next image ({strategy}) ...", cancellable=True)
 
     def showSample(self, fetched) -> None:
         if fetched is None:
@@ -376,6 +473,7 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
             self.ui.segmentResultLabel.text = ""
             self.ui.submitResultLabel.text = ""
             self.updateButtons()
+        self.refreshVersions()
         if self.ui.autoSegmentCheckBox.checked and self.ui.segmentButton.enabled:
             self.onSegment()
 
@@ -405,25 +503,35 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
 
     # ------------------------------------------------------------------ segment
     def onSegment(self) -> None:
+        if self.session.dirty and not slicer.util.confirmOkCancelDisplay(
+                "Segment replaces the segments, and they have changes that were not submitted. Replace them? "
+                "(Ctrl+Z in the editor brings them back.)"):
+            return
         imageId = self.session.image_id
         model = self.ui.modelComboBox.currentText
         params = {"tta": True} if self._parameterNode.tta else {}  # unchecked: the server's default
         withUncertainty = bool(self._parameterNode.uncertainty)
         client, tmpdir = self.client, self.tmpdir
+        segmentation = self._parameterNode.segmentation
+        target = AnswerTarget(imageId, segmentation.GetID() if segmentation is not None else "")
 
-        def infer():
-            label = client.infer(model, imageId, params=params, dest_dir=tmpdir)
+        def infer(cancel=None):
+            label = client.infer(model, imageId, params=params, dest_dir=tmpdir, cancel=cancel)
             uncertainty = client.infer(model, imageId, params={**params, "uncertainty": True},
-                                       dest_dir=tmpdir) if withUncertainty else None
+                                       dest_dir=tmpdir, cancel=cancel) if withUncertainty else None
             return label, uncertainty
 
-        self.runInBackground("segment", "Segmentation failed", infer, onDone=self.showSegmentation,
-                             busyText=f"Segmenting {imageId} with {model} (runs on the server) ...")
+        self.runInBackground("segment", "Segmentation failed", infer,
+                             onDone=lambda results: self.showSegmentation(results, target),
+                             busyText=f"Segmenting {imageId} with {model} (runs on the server) ...", cancellable=True)
 
-    def showSegmentation(self, results) -> None:
+    def showSegmentation(self, results, target) -> None:
         label, uncertainty = results
         volume = self._parameterNode.inputVolume
-        if volume is None or self.logic.imageIdOf(volume, self.client.server_url) != label.image_id:
+        segmentation = self._parameterNode.segmentation
+        now = AnswerTarget(self.logic.imageIdOf(volume, self.client.server_url) if volume is not None else "",
+                           segmentation.GetID() if segmentation is not None and target.segmentation_id else "")
+        if now != target:
             self.setStatus(f"Segmentation of {label.image_id} arrived after switching images; not shown.")
             return
         with slicer.util.tryWithErrorDisplay("Could not show the segmentation.", waitCursor=True):
@@ -433,11 +541,13 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
             segmentation = self._parameterNode.segmentation
             if segmentation is None:
                 segmentation = self.logic.createSegmentation(volume, labels)
+            self.segmentEditorWidget.saveStateForUndo()  # Ctrl+Z brings back what was there
             self._importing = True
             try:
                 present = self.logic.importLabelmap(label.path, segmentation, volume, labels)
             finally:
                 self._importing = False
+            self.guidedEdit, self._guidedKey = None, None  # a click now corrects the new prediction
             self._parameterNode.segmentation = segmentation
             if uncertainty is not None and uncertainty.path:
                 self.logic.showUncertainty(uncertainty.path, volume, labels.max_entropy_nats())
@@ -471,8 +581,62 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         self.ui.submitResultLabel.text = result.describe()
         self.setStatus(result.describe())
         self.refreshInfo()
+        self.refreshVersions()
         if self.ui.autoNextCheckBox.checked:
             self.onNextSample()
+
+    # ------------------------------------------------------------------ stored label versions
+    def refreshVersions(self) -> None:
+        """The image's stored final labels, newest first (MedSeg servers keep every one)."""
+        imageId, client = self.session.image_id, self.client
+        self.ui.versionsComboBox.clear()
+        if imageId is None or client is None or self.jobs.busy("versions"):
+            return
+
+        def show(versions):
+            if imageId != self.session.image_id:
+                return
+            self.ui.versionsComboBox.clear()
+            for version in reversed(versions or []):
+                self.ui.versionsComboBox.addItem(describe_version(version), version.get("version"))
+            if versions is None:
+                self.ui.versionsComboBox.addItem("(this server keeps no versions)")
+            self.updateButtons()
+
+        self.runInBackground("versions", "Could not list the stored labels", client.label_versions, imageId,
+                             onDone=show)
+
+    def onRestoreVersion(self) -> None:
+        imageId, client, tmpdir = self.session.image_id, self.client, self.tmpdir
+        version = self.ui.versionsComboBox.currentData
+        if imageId is None or version is None:
+            return
+        if not slicer.util.confirmOkCancelDisplay(
+                f"Make version {version} the final label of {imageId} again (stored as a new version) and load it "
+                "into the segments?"):
+            return
+
+        def restore():
+            client.restore_label_version(imageId, int(version))
+            return client.download_label(imageId, tmpdir, "final")
+
+        def restored(path):
+            volume, segmentation = self._parameterNode.inputVolume, self._parameterNode.segmentation
+            if imageId != self.session.image_id or volume is None or segmentation is None:
+                return
+            with slicer.util.tryWithErrorDisplay("Could not load the restored label.", waitCursor=True):
+                self.segmentEditorWidget.saveStateForUndo()
+                self._importing = True
+                try:
+                    self.logic.importLabelmap(path, segmentation, volume, self.session.info.labels)
+                finally:
+                    self._importing = False
+                self.session.submitted(None)  # the segments are the stored final label again
+            self.refreshVersions()
+
+        self.runInBackground("restore", "Could not restore the label version", restore, onDone=restored,
+                             busyText=f"Restoring version {version} of {imageId} ...")
+
 
 class MedSegLogic(ScriptedLoadableModuleLogic, SceneLogic):
     """Scene work for the module (``MedSegWidgets.scene``), with the module's parameter node."""

@@ -171,6 +171,56 @@ def test_medseglib_guided_edit_clicks_and_undo(srv, tmp_path):
     assert edit.undo() is None and edit.run() is None  # nothing left to undo or send
 
 
+def as_slicer_array(ijk_array: np.ndarray) -> np.ndarray:
+    """Slicer's arrayFromVolume order: (k, j, i)."""
+    return np.ascontiguousarray(np.asarray(ijk_array).transpose(2, 1, 0))
+
+
+def test_the_modules_edit_corrects_the_segment_it_starts_from(srv, tmp_path):
+    """The Slicer module's guided edit (MedSegLib, as the widget drives it): the segment shown (a
+    prediction with a false island) is the prior; a background click on the island removes it and
+    keeps the rest; only the changed region comes back and is pasted where it lies; undo restores
+    the segment exactly; answers for another target or an undone click are dropped."""
+    from MedSegLib import AnswerTarget
+
+    segment_ijk = srv.obj.astype(np.uint8)
+    segment_ijk[ISLAND] = 1
+    prior = tmp_path / "segment_as_shown.nii.gz"
+    nib.save(nib.Nifti1Image(segment_ijk, AFFINE), str(prior))
+    segment = as_slicer_array(segment_ijk)  # what the widget holds
+    shown = segment.copy()
+    target = AnswerTarget("phantom", "vtkMRMLSegmentationNode1", "lesion")
+    client = MedSegClient(srv.url, client_id="medseg-slicer")
+    edit = GuidedEdit(client, "phantom", label="lesion", dest_dir=str(tmp_path), prior_path=str(prior),
+                      target=target, changed_region_only=True)
+
+    edit.add_click([40, 12, 10], foreground=False)  # the island's middle, "where the result is wrong"
+    request = edit.request()
+    edit.add_click([40, 12, 9], foreground=False)  # placed while the first request runs: not in it
+    assert request.params["background"] == [[40, 12, 10]] and request.params["label_kind"] == "prior"
+    answer = edit.send(request)
+    assert edit.accept(request, answer, AnswerTarget("phantom", "vtkMRMLSegmentationNode2", "lesion")) is None
+    result = edit.accept(request, answer, target)  # the later click extends it: still worth showing
+    assert result is not None and result.params["label_grid"] == "changed_region" and result.params["refined"]
+    crop = as_slicer_array(np.asarray(nib.load(result.path).dataobj))
+    assert crop.size < segment.size  # the 25 mm around the click, not the whole volume
+    region = edit.apply(segment, crop, result.params)
+    after_ijk = segment.transpose(2, 1, 0)
+    assert not after_ijk[ISLAND].any()  # the island is gone ...
+    assert dice(after_ijk > 0, srv.obj) > 0.95  # ... and the structure kept (it was wiped without the prior)
+    outside = np.ones(segment.shape, bool)
+    outside[region] = False
+    assert np.array_equal(segment[outside], shown[outside])
+
+    # An answer to a click that was undone meanwhile is dropped; undo restores the segment exactly.
+    late = edit.request()
+    late_answer = edit.send(late)
+    edit.undo(segment)  # the second click: the first click's answer stays
+    assert edit.accept(late, late_answer, target) is None and not segment.transpose(2, 1, 0)[ISLAND].any()
+    edit.undo(segment)  # the first: its pasted answer is taken out
+    assert np.array_equal(segment, shown) and edit.request() is None
+
+
 def test_the_effort_of_a_label_is_kept_with_its_version(srv, tmp_path):
     from MedSegLib import LabelSet, submit_label
 

@@ -172,6 +172,46 @@ def test_refusals_carry_the_servers_message_and_store_nothing(slicer_server, tmp
     assert missing.value.status == 404
 
 
+def test_versions_are_listed_and_one_is_restored(slicer_server, tmp_path):
+    """The module's Stored versions list and Restore: two submits, then the first one back."""
+    from MedSegLib import describe_version
+
+    client = MedSegClient(slicer_server.url, client_id="annotator-2")
+    image_id = "subject_001"
+    image = nib.load(slicer_server.studies / f"{image_id}.nii.gz")
+    labels = client.server_info().labels
+    first, second = np.zeros(image.shape, np.uint8), np.zeros(image.shape, np.uint8)
+    first[10:20, 10:20, 10:20] = 1
+    second[30:40, 30:40, 30:40] = 2
+    for n, array in enumerate((first, second)):
+        path = tmp_path / f"v{n}.nii.gz"
+        nib.save(nib.Nifti1Image(array, image.affine), str(path))
+        submit_label(client, image_id, str(path), labels, effort={"interactions": n + 3, "seconds": 10.0})
+    versions = client.label_versions(image_id)
+    assert [v["version"] for v in versions][-2:] == [versions[-2]["version"], versions[-2]["version"] + 1]
+    line = describe_version(versions[-1])
+    assert line.startswith(f"v{versions[-1]['version']}, ") and "by annotator-2" in line and "4 interactions" in line
+
+    restored = client.restore_label_version(image_id, versions[-2]["version"])
+    assert restored["restored_from"] == versions[-2]["version"] and restored["version"] == versions[-1]["version"] + 1
+    assert np.array_equal(load(client.download_label(image_id, str(tmp_path / "final"))), first)
+    assert "restored from" in describe_version(client.label_versions(image_id)[-1])
+    with pytest.raises(ServerResponseError) as missing:
+        client.restore_label_version(image_id, 999)
+    assert missing.value.status == 404
+
+
+def test_a_login_where_authentication_is_off_says_so(slicer_server):
+    from MedSegLib import MedSegClientError, connect
+
+    client = MedSegClient(slicer_server.url)
+    auth_enabled, info = connect(client)
+    assert auth_enabled is False and info.name == "MedSeg"
+    with pytest.raises(MedSegClientError, match="authentication is off"):
+        client.login("ana", "secret")
+    assert client.token is None
+
+
 def test_server_down_says_so():
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     client = MedSegClient(url)

@@ -417,3 +417,93 @@ def test_session_enables_steps_in_order():
     assert session.dirty and session.model_version == 3
     session.submitted(1)
     assert not session.dirty and session.submitted_version == 1
+
+
+# ---------------------------------------------------------------- the Slicer API the module calls
+# Every Slicer, MRML, VTK, Qt and CTK name the widget code uses, each checked in Slicer's source or
+# documentation (Libs/MRML/Core, Modules/Loadable/Markups and Segmentations, Base/Python/slicer/util.py)
+# when it was first used. A name not listed fails the test: look it up there before adding it, so a
+# typo or a method of another Slicer version is caught here and not on a clinician's first click.
+SLICER_API_NAMES = set(" ".join([
+    # methods and constants of VTK/MRML objects (vtkMRMLMarkupsROINode, vtkMRMLSegmentationNode, vtkSegmentation,
+    # vtkSlicerSegmentationsModuleLogic, vtkMRMLColorTableNode, vtkMRMLScalarVolumeNode, vtkStringArray, ...)
+    ".AddEmptySegment .AutoWindowLevelOff .CreateDefaultDisplayNodes .ExportSegmentsToLabelmapNode "
+    ".ForcePlaceMultipleMarkups .ForcePlaceSingleMarkup .GetAttribute .GetColor .GetDimensions "
+    ".GetDisplayNode .GetElement .GetID .GetImageData .GetName .GetNthControlPointPositionWorld "
+    ".GetNthSegment .GetNthSegmentID .GetNumberOfControlPoints .GetNumberOfDefinedControlPoints "
+    ".GetNumberOfSegments .GetObjectToWorldMatrix .GetParentTransformNode .GetRASToIJKMatrix .GetSegment "
+    ".GetSegmentIdBySegmentName .GetSegmentation .GetSelectedSegmentID .GetSize "
+    ".ImportLabelmapToSegmentationNode .InsertNextValue .IsA .PointEndInteractionEvent .PointModifiedEvent "
+    ".PointPositionDefinedEvent .RemoveAllControlPoints .RemoveNthControlPoint .SetAndObserveColorNodeID "
+    ".SetAttribute .SetColor .SetNamesInitialised .SetNumberOfColors "
+    ".SetReferenceImageGeometryParameterFromVolumeNode .SetSelectedColor .SetSingletonTag .SetTypeToUser "
+    ".SetWindowLevelMinMax .UnRegister",
+    # the slicer package: slicer.util, slicer.mrmlScene, MRML classes
+    "slicer.modules slicer.modules.segmentations slicer.modules.segmentations.logic slicer.mrmlScene "
+    "slicer.mrmlScene.AddNewNodeByClass slicer.mrmlScene.AddNode slicer.mrmlScene.Clear "
+    "slicer.mrmlScene.CreateNodeByClass slicer.mrmlScene.EndCloseEvent slicer.mrmlScene.GetFirstNodeByClass "
+    "slicer.mrmlScene.GetNodeByID slicer.mrmlScene.GetSingletonNode slicer.mrmlScene.IsNodePresent "
+    "slicer.mrmlScene.RemoveNode slicer.mrmlScene.StartCloseEvent slicer.qMRMLSegmentEditorWidget slicer.util "
+    "slicer.util.arrayFromSegmentBinaryLabelmap slicer.util.arrayFromVolume slicer.util.childWidgetVariables "
+    "slicer.util.confirmOkCancelDisplay slicer.util.errorDisplay slicer.util.getNodesByClass "
+    "slicer.util.infoDisplay slicer.util.loadLabelVolume slicer.util.loadUI slicer.util.loadVolume "
+    "slicer.util.mainWindow slicer.util.saveNode slicer.util.setSliceViewerLayers slicer.util.settingsValue "
+    "slicer.util.toBool slicer.util.tryWithErrorDisplay slicer.util.updateSegmentBinaryLabelmapFromArray "
+    "slicer.vtkMRMLMarkupsNode slicer.vtkMRMLMarkupsNode.PointModifiedEvent slicer.vtkMRMLTransformNode "
+    "slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes slicer.vtkSegmentation "
+    "slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY slicer.vtkSegmentation.MasterRepresentationModified "
+    "slicer.vtkSegmentation.SegmentModified",
+    # Qt (PythonQt) and VTK classes
+    "qt.QCheckBox qt.QDialog qt.QDialogButtonBox qt.QDialogButtonBox.Cancel qt.QDialogButtonBox.Ok "
+    "qt.QFormLayout qt.QLineEdit qt.QLineEdit.Password qt.QSettings qt.QTimer qt.QTimer.singleShot qt.Qt "
+    "qt.Qt.ToolTipRole vtk.vtkCommand vtk.vtkCommand.ModifiedEvent vtk.vtkMatrix4x4 vtk.vtkStringArray",
+    # qMRMLSegmentEditorWidget slots
+    "segmentEditorWidget.installKeyboardShortcuts segmentEditorWidget.saveStateForUndo "
+    "segmentEditorWidget.setActiveEffect segmentEditorWidget.setMRMLScene "
+    "segmentEditorWidget.setMRMLSegmentEditorNode segmentEditorWidget.setSegmentationNode "
+    "segmentEditorWidget.uninstallKeyboardShortcuts",
+    # members of the .ui widgets (QComboBox, QPushButton, QProgressBar, qSlicerMarkupsPlaceWidget, ...)
+    "ui.addItem ui.addItems ui.checked ui.clear ui.connect ui.count ui.currentData ui.currentText ui.enabled "
+    "ui.findText ui.insertItem ui.itemText ui.layout ui.lineEdit ui.setCurrentNode ui.setEditText "
+    "ui.setFormat ui.setItemData ui.setMaximum ui.setPlaceModeEnabled ui.setValue ui.text ui.toolTip "
+]).split())
+SLICER_ROOTS = {"slicer", "qt", "vtk", "ctk"}
+
+
+def _attribute_chain(node):
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return [node.id, *reversed(parts)] if isinstance(node, ast.Name) else None
+
+
+def slicer_api_names(paths) -> set:
+    """Names rooted at slicer/qt/vtk/ctk, members of the .ui widgets and of the embedded Segment
+    Editor, and every CamelCase attribute (VTK and MRML methods) the files use."""
+    names = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            chain = _attribute_chain(node)
+            if chain and chain[0] in SLICER_ROOTS:
+                names.add(".".join(chain))
+            elif chain and chain[:2] == ["self", "ui"] and len(chain) == 4:
+                names.add("ui." + chain[3])
+            elif chain and chain[:2] == ["self", "segmentEditorWidget"] and len(chain) == 3:
+                names.add("segmentEditorWidget." + chain[2])
+            if node.attr[:1].isupper() and not (chain and chain[0] in SLICER_ROOTS):
+                names.add("." + node.attr)
+    return names
+
+
+def test_every_slicer_api_name_the_module_calls_is_a_known_one(tmp_path):
+    used = slicer_api_names([MODULE_PY, *WIDGET_FILES])
+    unknown = sorted(used - SLICER_API_NAMES)
+    assert not unknown, f"not checked against Slicer's API: {unknown}"
+    assert len(used) > 100  # the walk sees the module's calls
+    # The check catches what it is for: names that Slicer does not have.
+    probe = tmp_path / "probe.py"
+    probe.write_text("def f(node):\n    node.GetNumberOfControlPoint()\n    slicer.util.arrayFromVolumes(node)\n")
+    assert slicer_api_names([probe]) - SLICER_API_NAMES == {".GetNumberOfControlPoint", "slicer.util.arrayFromVolumes"}

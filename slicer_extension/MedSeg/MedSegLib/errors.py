@@ -57,3 +57,21 @@ class ProtocolError(MedSegClientError):
 
 class LabelMappingError(MedSegClientError):
     """Segments or label values that do not map onto the app's labels."""
+
+
+class AuthenticationRequiredError(ServerResponseError):
+    """HTTP 401: the server wants a login, or the token has expired; log in (again)."""
+
+    def __init__(self, action: str, status: int, detail: str, url: str = "", had_token: bool = False):
+        super().__init__(action, status, detail, url)
+        self.had_token = had_token
+        self.args = ((f"The label server needs a login to {action}: " if not had_token else
+                      f"Your login has expired or was refused while trying to {action}: ")
+                     + f"{detail}. Log in (Server section) and try again.",)
+
+
+class RequestCancelledError(MedSegClientError):
+    """The user cancelled the request while its answer was arriving."""
+
+    def __init__(self):
+        super().__init__("Cancelled.")

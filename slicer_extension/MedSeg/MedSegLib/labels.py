@@ -152,12 +152,7 @@ def compose_label_array(masks: Sequence[Tuple[str, np.ndarray]], labels: LabelSe
     Where segments overlap, the later one in ``masks`` wins, as in Slicer's own export.
     Unknown segment names are refused, so nothing is silently dropped or renumbered.
     """
-    if not masks:
-        raise LabelMappingError("there are no segments to submit")
-    unknown = [name for name, _ in masks if name not in labels]
-    if unknown:
-        raise LabelMappingError(
-            f"segments {unknown} are not labels of this app ({labels.describe()}); rename or delete them")
+    check_segment_names([name for name, _ in masks], labels)
     shape = masks[0][1].shape
     out = np.zeros(shape, dtype=np.uint8 if max(labels.to_dict().values(), default=0) < 256 else np.uint16)
     for name, mask in masks:
@@ -176,5 +171,55 @@ def masks_from_label_array(array: np.ndarray, labels: LabelSet) -> List[Tuple[st
 
 
 def present_labels(array: np.ndarray, labels: LabelSet) -> List[str]:
-    values = set(int(v) for v in np.unique(array))
+    values = set(values_present(array))
+    return [name for name, idx in labels if idx in values]
+
+
+# ---------------------------------------------------------------- Slicer's one-pass import and export
+# With many labels, one full-size mask per label (a 100-label 512x512x600 CT: about 16 GB) is
+# what a module must not make. Slicer converts a whole label map in one pass when it is given a
+# colour table (export: segment name -> value) or a segment ID per value (import); these build them.
+
+def color_table_rows(labels: LabelSet) -> List[Tuple[int, str, Color]]:
+    """(value, name, RGB 0..1) per label: the rows of the colour table that maps names to values."""
+    return [(idx, name, labels.color_of(name)) for name, idx in labels]
+
+
+def number_of_colors(labels: LabelSet) -> int:
+    """The size of a colour table whose rows are indexed by label value (0 = background)."""
+    return max(labels.to_dict().values(), default=0) + 1
+
+
+def segment_ids_by_value(labels: LabelSet, segment_id_of: Mapping[str, str]) -> List[str]:
+    """For Slicer's import: the segment ID that label value v fills, at position v - 1 ('' = none)."""
+    out = [""] * (number_of_colors(labels) - 1)
+    for name, idx in labels:
+        out[idx - 1] = segment_id_of[name]
+    return out
+
+
+def check_segment_names(names: Sequence[str], labels: LabelSet) -> None:
+    """Every segment must be a label of the app: an unknown name is refused, never renumbered or dropped."""
+    if not names:
+        raise LabelMappingError("there are no segments to submit")
+    unknown = [name for name in names if name not in labels]
+    if unknown:
+        raise LabelMappingError(
+            f"segments {unknown} are not labels of this app ({labels.describe()}); rename or delete them")
+
+
+def values_present(array: np.ndarray) -> List[int]:
+    """The values in a label map, without a sorted copy of it (bincount on small integer types)."""
+    flat = np.asarray(array).reshape(-1)
+    if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2 and (flat.size == 0 or flat.min() >= 0):
+        return [int(v) for v in np.flatnonzero(np.bincount(flat))]
+    return sorted(int(v) for v in np.unique(flat))
+
+
+def check_label_values(array: np.ndarray, labels: LabelSet) -> List[str]:
+    """The labels present in a server label map; values that are no label are refused."""
+    values = set(values_present(array))
+    unknown = sorted(values - {0} - set(labels.to_dict().values()))
+    if unknown:
+        raise LabelMappingError(f"the label map holds values {unknown} that are not labels ({labels.describe()})")
     return [name for name, idx in labels if idx in values]

@@ -17,7 +17,7 @@ import mimetypes
 import os
 import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from .errors import ProtocolError
 
@@ -88,22 +88,62 @@ def _part(head: bytes, data: bytes) -> Part:
 
 
 def encode_multipart(fields: Dict[str, str], files: Dict[str, Tuple[str, bytes]]) -> Tuple[str, bytes]:
-    """(Content-Type, body) of a form with text ``fields`` and ``files`` (field -> (file name, bytes))."""
+    """(Content-Type, body) of a form with text ``fields`` and in-memory ``files`` (field -> (name, bytes))."""
+    content_type, stream = multipart_stream(fields, {k: (name, data) for k, (name, data) in files.items()})
+    return content_type, stream.read()
+
+
+class MultipartStream:
+    """A multipart body read piece by piece, files straight from disk: an upload of a 500 MB CT
+    never sits in memory. ``len()`` is the exact body size, sent as Content-Length."""
+
+    def __init__(self, pieces: List[Union[bytes, str]]):
+        self._pieces = pieces  # bytes, or the path of a file to send as it is
+        self._length = sum(len(p) if isinstance(p, bytes) else os.path.getsize(p) for p in pieces)
+        self._index = 0
+        self._file = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        out = bytearray()
+        while self._index < len(self._pieces) and (size < 0 or len(out) < size):
+            piece = self._pieces[self._index]
+            if isinstance(piece, bytes):
+                out += piece
+                self._index += 1
+                continue
+            if self._file is None:
+                self._file = open(piece, "rb")
+            chunk = self._file.read(-1 if size < 0 else size - len(out))
+            if chunk:
+                out += chunk
+            else:
+                self._file.close()
+                self._file, self._index = None, self._index + 1
+        return bytes(out)
+
+
+def multipart_stream(fields: Dict[str, str], files: Dict[str, Tuple[str, Union[bytes, str]]]) -> Tuple[str, MultipartStream]:
+    """(Content-Type, body) of a form: text ``fields``, and ``files`` as field -> (file name, bytes or
+    the path of a file on disk)."""
     boundary = uuid.uuid4().hex
-    out = bytearray()
+    pieces: List[Union[bytes, str]] = []
     for key, value in fields.items():
-        out += b"--" + boundary.encode() + CRLF
-        out += f'Content-Disposition: form-data; name="{_quote(key)}"'.encode() + CRLF + CRLF
-        out += value.encode("utf-8") + CRLF
+        pieces.append(b"--" + boundary.encode() + CRLF
+                      + f'Content-Disposition: form-data; name="{_quote(key)}"'.encode() + CRLF + CRLF
+                      + value.encode("utf-8") + CRLF)
     for key, (filename, data) in files.items():
         mime = mimetypes.guess_type(filename)[0] or "application/octet-stream"
-        out += b"--" + boundary.encode() + CRLF
-        out += (f'Content-Disposition: form-data; name="{_quote(key)}"; '
-                f'filename="{_quote(os.path.basename(filename))}"').encode("utf-8") + CRLF
-        out += f"Content-Type: {mime}".encode() + CRLF + CRLF
-        out += data + CRLF
-    out += b"--" + boundary.encode() + b"--" + CRLF
-    return f"multipart/form-data; boundary={boundary}", bytes(out)
+        pieces.append(b"--" + boundary.encode() + CRLF
+                      + (f'Content-Disposition: form-data; name="{_quote(key)}"; '
+                         f'filename="{_quote(os.path.basename(filename))}"').encode("utf-8") + CRLF
+                      + f"Content-Type: {mime}".encode() + CRLF + CRLF)
+        pieces.append(data)
+        pieces.append(CRLF)
+    pieces.append(b"--" + boundary.encode() + b"--" + CRLF)
+    return f"multipart/form-data; boundary={boundary}", MultipartStream(pieces)
 
 
 def _quote(text: str) -> str:

@@ -21,12 +21,12 @@ def shared_image_path(sample: dict, exists: Callable[[str], bool] = os.path.isfi
     return None
 
 
-def fetch_sample_image(client: MedSegClient, sample: dict, dest_dir: str) -> Tuple[str, str]:
-    """(local file, "shared" or "downloaded") for a next-sample answer."""
+def fetch_sample_image(client: MedSegClient, sample: dict, dest_dir: str, cancel=None) -> Tuple[str, str]:
+    """(local file, "shared" or "downloaded") for a next-sample answer; ``cancel`` stops a download."""
     path = shared_image_path(sample)
     if path:
         return path, "shared"
-    return client.download_image(str(sample["id"]), dest_dir), "downloaded"
+    return client.download_image(str(sample["id"]), dest_dir, cancel=cancel), "downloaded"
 
 
 @dataclass
@@ -100,3 +100,25 @@ class LabelingSession:
 
     def can_train(self) -> bool:
         return self.connected and bool(self.info.trainers)
+
+
+def describe_version(version: dict) -> str:
+    """One line per stored label version, for the module's version list (newest shown first)."""
+    number = version.get("version", "?")
+    when = str(version.get("time") or "").replace("T", " ")[:16]
+    who = version.get("client_id") or ""
+    effort = version.get("effort") if isinstance(version.get("effort"), dict) else {}
+    parts = [f"v{number}", when, f"by {who}" if who else ""]
+    if version.get("source") == "restore":
+        parts.append(f"restored from v{version.get('restored_from')}")
+    if effort.get("interactions") is not None:
+        parts.append(f"{effort['interactions']} interactions")
+    return ", ".join(p for p in parts if p)
+
+
+def connect(client: MedSegClient) -> Tuple[bool, Optional[ServerInfo]]:
+    """(whether the server needs a login, its app description or None until logged in)."""
+    auth_enabled = client.auth_enabled()
+    if auth_enabled and not client.token:
+        return True, None
+    return auth_enabled, client.server_info()

@@ -19,3 +19,8 @@ def fillCombo(combo, items, preferred=()) -> None:
 
 def hexColour(rgb) -> str:
     return "#" + "".join(f"{int(round(255 * c)):02x}" for c in rgb)
+
+
+def matrixRows(matrix) -> list:
+    """A vtkMatrix4x4 as 4 rows of 4 numbers, for MedSegLib's geometry."""
+    return [[matrix.GetElement(r, c) for c in range(4)] for r in range(4)]

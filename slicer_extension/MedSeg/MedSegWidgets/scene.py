@@ -2,8 +2,10 @@
 from typing import Optional
 
 import slicer
+import vtk
 
-from MedSegLib import LabelSet, compose_label_array, masks_from_label_array, present_labels
+from MedSegLib import (LabelSet, check_label_values, check_segment_names, color_table_rows, number_of_colors,
+                       present_labels, segment_ids_by_value)
 
 
 # Node attributes that tie a volume to its datastore image (kept when the scene is saved).
@@ -99,16 +101,22 @@ class SceneLogic:
         return ids
 
     def importLabelmap(self, path: str, segmentationNode, volume, labels: LabelSet) -> list:
-        """Replace the segments with a server label map (values = label indices); labels present."""
+        """Replace the segments with a server label map (values = label indices); labels present.
+
+        One pass for all labels: Slicer fills each segment from its value (a segment ID per value),
+        so no per-label full-size mask is made (100 labels on a 512x512x600 CT would be 16 GB).
+        """
         labelNode = slicer.util.loadLabelVolume(path, {"show": False})
         try:
-            array = slicer.util.arrayFromVolume(labelNode)
-            masks = masks_from_label_array(array, labels)
-            present = present_labels(array, labels)
+            present = check_label_values(slicer.util.arrayFromVolume(labelNode), labels)
             ids = self.ensureSegments(segmentationNode, labels)
-            # The label node is the reference: its own grid places the masks, whatever the volume's.
-            for name, mask in masks:
-                slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentationNode, ids[name], labelNode)
+            segmentIds = vtk.vtkStringArray()
+            for segmentId in segment_ids_by_value(labels, ids):
+                segmentIds.InsertNextValue(segmentId)
+            # The label node is the reference: its own grid places the segments, whatever the volume's.
+            if not slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(
+                    labelNode, segmentationNode, segmentIds):
+                raise RuntimeError(f"Slicer could not import the label map {path}")
         finally:
             slicer.mrmlScene.RemoveNode(labelNode)
         segmentationNode.SetAttribute(ATTR_VOLUME, volume.GetID())
@@ -117,30 +125,70 @@ class SceneLogic:
     def exportLabelmap(self, segmentationNode, volume, labels: LabelSet, path: str):
         """Write the segments as one label map on the volume's grid, value = the app's index of each name.
 
-        Segments are exported one by one onto the volume's geometry, and the values are set by
-        name in MedSegLib, so neither Slicer's segment order nor its own numbering matters.
+        Slicer writes every segment in one pass, its value looked up by name in a colour table of
+        the app's labels, so neither the segment order nor Slicer's own numbering matters.
         """
         segmentation = segmentationNode.GetSegmentation()
-        shape = slicer.util.arrayFromVolume(volume).shape
-        masks = []
+        segmentIds = vtk.vtkStringArray()
+        names = []
         for i in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(i)
-            name = segmentation.GetSegment(segmentId).GetName()
-            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volume)
-            if mask is None or mask.shape != shape:
-                if mask is not None and mask.any():
-                    raise RuntimeError(f"segment {name!r} could not be exported on the volume's grid")
-                mask = None  # an empty segment: nothing to write
-            masks.append((name, mask if mask is not None else zerosUint8(shape)))
-        array = compose_label_array(masks, labels)
-        labelNode = slicer.modules.volumes.logic().CreateAndAddLabelVolume(volume, f"{volume.GetName()} label")
+            segmentIds.InsertNextValue(segmentId)
+            names.append(segmentation.GetSegment(segmentId).GetName())
+        check_segment_names(names, labels)  # an unknown name would get a made-up value
+        colorTable = self.labelColorTable(labels)
+        labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", f"{volume.GetName()} label")
         try:
-            slicer.util.updateVolumeFromArray(labelNode, array)
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                    segmentationNode, segmentIds, labelNode, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+                    colorTable):
+                raise RuntimeError("Slicer could not export the segments on the volume's grid")
+            present = present_labels(slicer.util.arrayFromVolume(labelNode), labels)
             if not slicer.util.saveNode(labelNode, path):
                 raise RuntimeError(f"Slicer could not write {path}")
         finally:
             slicer.mrmlScene.RemoveNode(labelNode)
-        return path, present_labels(array, labels)
+            slicer.mrmlScene.RemoveNode(colorTable)
+        return path, present
+
+    @staticmethod
+    def labelColorTable(labels: LabelSet):
+        """A colour table whose row v is the label of value v (name and colour): the name -> value map."""
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", "MedSeg labels")
+        table.SetTypeToUser()
+        table.SetNumberOfColors(number_of_colors(labels))
+        table.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        for value, name, (r, g, b) in color_table_rows(labels):
+            table.SetColor(value, name, r, g, b, 1.0)
+        if hasattr(table, "SetNamesInitialised"):  # gone once colour names became per-entry (Slicer 5.8)
+            table.SetNamesInitialised(True)
+        return table
+
+    def exportSegmentMask(self, segmentationNode, segmentId: str, volume, path: str) -> Optional[str]:
+        """One segment as a 0/1 label file on the volume's grid (a guided edit's prior); None when empty."""
+        segmentIds = vtk.vtkStringArray()
+        segmentIds.InsertNextValue(segmentId)
+        labelNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MedSeg prior")
+        try:
+            if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
+                    segmentationNode, segmentIds, labelNode, volume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY):
+                raise RuntimeError("Slicer could not export the segment on the volume's grid")
+            if not slicer.util.arrayFromVolume(labelNode).any():
+                return None
+            if not slicer.util.saveNode(labelNode, path):
+                raise RuntimeError(f"Slicer could not write {path}")
+            return path
+        finally:
+            slicer.mrmlScene.RemoveNode(labelNode)
+
+    @staticmethod
+    def readLabelArray(path: str):
+        """A label file's voxels as a (k, j, i) array (the file's own grid)."""
+        labelNode = slicer.util.loadLabelVolume(path, {"show": False})
+        try:
+            return slicer.util.arrayFromVolume(labelNode).copy()
+        finally:
+            slicer.mrmlScene.RemoveNode(labelNode)
 
     # -------------------------------------------------------------- uncertainty
     def showUncertainty(self, path: str, volume, maxEntropy: float):
@@ -160,8 +208,3 @@ class SceneLogic:
         slicer.util.setSliceViewerLayers(background=volume, foreground=node, foregroundOpacity=0.4)
         return node
 
-
-def zerosUint8(shape):
-    import numpy as np
-
-    return np.zeros(shape, dtype=np.uint8)
