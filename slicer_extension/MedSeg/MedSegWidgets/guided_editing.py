@@ -75,9 +75,11 @@ class GuidedEditingPanel:
         node.GetDisplayNode().SetSelectedColor(*GUIDANCE_COLORS[kind])
         markups = slicer.vtkMRMLMarkupsNode
         if kind == "box":
-            # Read the box when its placement ends, and again whenever a handle is dragged.
-            for event in (markups.PointPositionDefinedEvent, markups.PointModifiedEvent, markups.PointEndInteractionEvent):
-                self.addObserver(node, event, lambda caller, ev: self.onBoxChanged(caller, ev))
+            # Read the box whenever it changes (a drag reports every step); send it when its placement
+            # or a drag ends. VTK hands observers an event name, not the id, so each event has its own.
+            self.addObserver(node, markups.PointModifiedEvent, lambda caller, ev: self.onBoxChanged(caller, False))
+            for event in (markups.PointPositionDefinedEvent, markups.PointEndInteractionEvent):
+                self.addObserver(node, event, lambda caller, ev: self.onBoxChanged(caller, True))
         else:
             self.addObserver(node, markups.PointPositionDefinedEvent,
                              lambda caller, ev, kind=kind: self.onClickPlaced(kind, caller))
@@ -182,7 +184,7 @@ class GuidedEditingPanel:
             self._replacingBox = False
         qt.QTimer.singleShot(0, lambda: self.ui.boxPlaceWidget.setPlaceModeEnabled(True))
 
-    def onBoxChanged(self, node, event) -> None:
+    def onBoxChanged(self, node, send: bool) -> None:
         size = list(node.GetSize())
         if not roi_is_placed(node.GetNumberOfControlPoints(), node.GetNumberOfDefinedControlPoints(), size):
             return  # the first corner, or the mouse still drawing it
@@ -198,8 +200,7 @@ class GuidedEditingPanel:
         if edit.set_box(*box):
             if "box" not in self._placedOrder:
                 self._placedOrder.append("box")
-        # A drag reports every step: send once it ends (or when the box was just placed).
-        if event != slicer.vtkMRMLMarkupsNode.PointModifiedEvent and self.ui.refineOnClickCheckBox.checked:
+        if send and self.ui.refineOnClickCheckBox.checked:
             self.onRefine()
 
     # ------------------------------------------------------------------ requests and answers
