@@ -88,8 +88,24 @@ def box(value, shape: tuple[int, ...], what: str = "box") -> tuple[np.ndarray, n
         raise MedSegInputError(f"{what} must be two opposite corners [[i, j, k], [i, j, k]]")
     a, b = (np.array(_point(c, shape, f"{what} corner {n}")) for n, c in enumerate(value))
     low, high = np.minimum(a, b), np.maximum(a, b)
-    if np.any(high == low):
-        raise MedSegInputError(f"{what} {low.tolist()}-{high.tolist()} is flat along an axis: it has no volume")
+    if np.sum(high == low) > 1:
+        raise MedSegInputError(f"{what} {low.tolist()}-{high.tolist()} is flat along two axes: it is a line or a point")
+    return low, high  # flat along one axis: a box drawn on one slice (deepen_flat_box gives it depth)
+
+
+def deepen_flat_box(box_vox: tuple[np.ndarray, np.ndarray], spacing_mm, shape) -> tuple[np.ndarray, np.ndarray]:
+    """A box drawn on one slice, as clinicians draw it, made a 3D box: through the slice it reaches as
+    far as the larger of its sides, on each side, clamped to the image (an object's depth is not
+    known, and gliomas and organs are about as deep as they are wide). A 3D box is returned as it is."""
+    low, high = (np.array(c, dtype=np.int64) for c in box_vox)
+    flat = np.flatnonzero(high == low)
+    if not len(flat):
+        return low, high
+    axis = int(flat[0])
+    spacing = np.asarray(spacing_mm, dtype=float)
+    side_mm = max(float((high[a] - low[a] + 1) * spacing[a]) for a in range(3) if a != axis)
+    reach = int(np.ceil(side_mm / 2 / spacing[axis]))
+    low[axis], high[axis] = max(low[axis] - reach, 0), min(high[axis] + reach, int(shape[axis]) - 1)
     return low, high
 
 

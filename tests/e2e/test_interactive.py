@@ -69,6 +69,7 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     client = MONAILabelClient(srv.url, tmpdir=str(tmp_path), client_id="stock-slicer")
     model = client.info()["models"]["interactive"]
     assert model["type"] == "deepgrow" and model["dimension"] == 3  # the stock module's SmartEdit section
+    assert model["default_method"] in model["methods"] and "bench/" in model["default_method_why"]
     # What the stock module sends for a deepgrow model: label, foreground, background.
     result_path, params = client.infer("interactive", "phantom", {"label": "lesion", "foreground": [CLICK],
                                                                    "background": []})
@@ -91,7 +92,7 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     ({"foreground": [[48, 0, 0]]}, "outside the image"),
     ({"foreground": [[1.5, 0, 0]]}, "whole voxel index"),
     ({"foreground": [], "background": []}, "needs guidance"),
-    ({"box": [[2, 2, 2], [9, 9, 2]]}, "no volume"),
+    ({"box": [[2, 2, 2], [9, 2, 2]]}, "a line or a point"),
     ({"foreground": [CLICK], "label": "spleen"}, "not one of this app's labels"),
     ({"foreground": [CLICK], "prior_path": "/etc/passwd"}, "set by the server"),
     ({"foreground": [CLICK], "label": "liver", "prior_tag": "nosuchtag"}, "no label tagged"),

@@ -106,6 +106,21 @@ def test_scribbles_on_the_image_grid(task, tmp_path):
     assert dice(mask > 0, obj) > 0.85
 
 
+def test_a_box_drawn_on_one_slice_selects_the_object_in_3d(task, tmp_path):
+    """A clinician draws the box on the slice they look at: it bounds the object in that plane, and
+    the object's depth is found, not cut to the slice."""
+    from medseg.interaction import deepen_flat_box
+
+    image, obj = phantom()
+    path = write(tmp_path / "image.nii.gz", image, GRIDS["ras_1mm"])
+    mask, _ = answer(task, {"image": path, "box": [[6, 11, 12], [26, 29, 12]], "label": "lesion"})
+    assert dice(mask > 0, obj) > 0.8 and len(np.unique(np.nonzero(mask)[2])) >= 9
+    low, high = deepen_flat_box((np.array([6, 11, 12]), np.array([26, 29, 12])), (1.0, 1.0, 2.0), SHAPE)
+    assert low.tolist() == [6, 11, 6] and high.tolist() == [26, 29, 18]  # 21 mm wide: 10.5 mm (6 slices) each side
+    assert [c.tolist() for c in deepen_flat_box((np.array([0, 0, 1]), np.array([9, 9, 1])), (1, 1, 1), SHAPE)] == \
+        [[0, 0, 0], [9, 9, 6]]  # clamped to the image
+
+
 @pytest.mark.parametrize("request_, message", [
     ({"foreground": [[48, 0, 0]]}, "outside the image"),
     ({"foreground": [[-1, 0, 0]]}, "outside the image"),
@@ -117,7 +132,7 @@ def test_scribbles_on_the_image_grid(task, tmp_path):
     ({"foreground": "1,2,3"}, "list of"),
     ({}, "needs guidance"),
     ({"foreground": [], "background": []}, "needs guidance"),
-    ({"box": [[2, 2, 2], [10, 10, 2]]}, "no volume"),
+    ({"box": [[2, 2, 2], [10, 2, 2]]}, "a line or a point"),
     ({"box": [[2, 2, 2]]}, "two opposite corners"),
     ({"foreground": [[1, 2, 3]], "label": "spleen"}, "not one of this app's labels"),
     ({"lesion": [[1, 2, 3]]}, "need \"label\""),

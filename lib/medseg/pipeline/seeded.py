@@ -136,12 +136,14 @@ def _seeds(interaction: Interaction, region: list[list[int]], spacing_mm, prior:
         inside = np.zeros(seeds.shape, bool)
         inside[tuple(slice(max(lo - o, 0), max(hi + 1 - o, 0)) for lo, hi, o in zip(low, high, origin))] = True
         seeds[~inside] = 2
-        if not len(interaction.foreground_vox):
-            centre = (low + high) / 2
-            half = np.maximum((high - low) / 10, 0.5)
-            core = tuple(slice(max(int(np.floor(c - h)) - o, 0), max(int(np.ceil(c + h)) + 1 - o, 0))
-                         for c, h, o in zip(centre, half, origin))
-            seeds[core] = 1
+        # The box's centre stays an object seed when clicks follow: dropping it made the first
+        # click after a box answer with that click's growth alone (on the BraTS training cases the
+        # Dice fell from the box's 0.64-0.87 to 0.13-0.32). A background click there still wins.
+        centre = (low + high) / 2
+        half = np.maximum((high - low) / 10, 0.5)
+        core = tuple(slice(max(int(np.floor(c - h)) - o, 0), max(int(np.ceil(c + h)) + 1 - o, 0))
+                     for c, h, o in zip(centre, half, origin))
+        seeds[core] = 1
     if interaction.scribbles is not None:
         local = interaction.scribbles[sl]
         seeds[local == 2] = 2

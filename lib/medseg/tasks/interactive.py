@@ -30,11 +30,13 @@ from medseg.interaction import (
     LABEL_KINDS,
     MONAI_SCRIBBLE_VALUES,
     check_not_empty,
+    deepen_flat_box,
     interaction_from_request,
     scribbles_from,
 )
 from medseg.ids import label_tag
 from medseg.labels import check_label_against_image
+from medseg.pipeline.click_rules import apply_click_rules
 from medseg.pipeline.interactive_model import InteractiveModel, network_from_checkpoint
 from medseg.pipeline.seeded import REFINE_RADIUS_MM, segment_object
 from medseg.pipeline.training import pick_device
@@ -44,6 +46,13 @@ from medseg.volume_cache import VolumeCache
 INTERACTIVE_MODEL = "interactive"
 METHODS = ("seeded", "learned")
 DEFAULT_METHOD = "seeded"
+# Shown in GET /info/ beside the default: what the measurements said (bench/results/interactive_cpu.json,
+# interactive_brats_cpu.json).
+DEFAULT_METHOD_WHY = (
+    "seeded is the better method on most of what was measured: held-out real gliomas clicked without a box, "
+    "the brain, and CT organs; after a box the two tie on gliomas, where learned is faster and never lowered "
+    "the Dice; learned is far ahead on brain-atlas regions, which have no edge of their own. Figures: "
+    "docs/interactive.md#measured (bench/results/interactive_brats_cpu.json, bench/results/interactive_cpu.json)")
 # Keys an interactive request may carry besides the label-named click lists (DeepEdit) and
 # the generic infer options. "reset_state" and "slice" come from MONAI Label's Slicer plugin
 # (its 2D models' state); they do not apply to a 3D walk and are ignored.
@@ -107,6 +116,7 @@ class InteractiveInferTask(InferTask):
     def info(self):
         checkpoint = self.store.load() if self.store else None
         return {**super().info(), "methods": {"learned": checkpoint is not None, "seeded": True},
+                "default_method": DEFAULT_METHOD, "default_method_why": DEFAULT_METHOD_WHY,
                 "weights_version": (checkpoint or {}).get("version"), "cache": self.cache.stats(),
                 "edits": self.edits.stats()}
 
@@ -126,6 +136,8 @@ class InteractiveInferTask(InferTask):
     def guidance(self, request: dict, volume):
         """The checked interaction and prior of a request (422 before any work)."""
         interaction = interaction_from_request(request, volume.shape, self.app_labels)
+        if interaction.box_vox is not None:
+            interaction.box_vox = deepen_flat_box(interaction.box_vox, volume.spacing_mm, volume.shape)
         prior = None
         if request.get("label_file"):
             kind = choice("label_kind", request.get("label_kind", "scribbles"), LABEL_KINDS)
@@ -178,6 +190,11 @@ class InteractiveInferTask(InferTask):
                 background_vox=_among(continued.new_vox, interaction.background_vox))
             result = segment_object(volume.array, volume.spacing_mm, todo, previous)
             details = {"region_growths": result.growths}
+        # Whatever the method answered, each click's own tissue is in (foreground) or out (background).
+        ruled, window = apply_click_rules(volume.array, result.mask, volume.spacing_mm, interaction.foreground_vox,
+                                          interaction.background_vox)
+        if window is not None:
+            result = replace(result, mask=ruled, region_vox=_bounding(result.region_vox, window))
         self.edits.remember(*edit_key, interaction.foreground_vox, interaction.background_vox, result.mask)
         t = time.perf_counter()
         fd, out_path = tempfile.mkstemp(suffix=".nii.gz", prefix="medseg_interactive_")
@@ -212,6 +229,13 @@ class InteractiveInferTask(InferTask):
         if interaction.scribbles is not None:
             raise MedSegInputError("the learned model takes clicks and a box; scribbles need method seeded")
         return "learned", learned
+
+
+def _bounding(a: tuple[slice, ...], b: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The smallest box holding two boxes (an empty one counts as nothing)."""
+    if any(s.stop <= s.start for s in a):
+        return b
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))
 
 
 def _among(points: np.ndarray, of: np.ndarray) -> np.ndarray:
