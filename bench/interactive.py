@@ -115,9 +115,6 @@ def click_object(url: str, image_id: str, truth: np.ndarray, spacing, max_clicks
     ``foreground_key``: the params key of the foreground clicks (a label name, DeepEdit style);
     the answer's value 1 is the object.
     """
-    sys.path.insert(0, str(REPO))
-    from tests.e2e.helpers import parse_multipart_label
-
     from medseg.pipeline.click_simulation import next_click
 
     params = {foreground_key: [], "background": [], **(extra or {})}
@@ -133,15 +130,23 @@ def click_object(url: str, image_id: str, truth: np.ndarray, spacing, max_clicks
                 dices += [1.0] * (max_clicks - n)
                 break
             params[keys[click[0]]].append(click[1])
-        t = time.perf_counter()
-        r = requests.post(f"{url}/infer/{task}", params={"image": image_id},
-                          data={"params": json.dumps(params)}, timeout=120)
-        r.raise_for_status()
-        label, meta = parse_multipart_label(r)
-        seconds.append(time.perf_counter() - t)
-        predicted = np.asarray(label.dataobj) == 1
+        predicted, took_s = timed_answer(url, task, image_id, params, timeout_s=120)
+        seconds.append(took_s)
         dices.append(round(dice(predicted, truth), 4))
     return {"dice_per_click": dices, "seconds_per_click": [round(s, 3) for s in seconds]}
+
+
+def timed_answer(url: str, task: str, image_id: str, params: dict, timeout_s: float = 600) -> tuple[np.ndarray, float]:
+    """(the object of one guided-editing answer, seconds as the caller waited, answer decoded)."""
+    sys.path.insert(0, str(REPO))
+    from tests.e2e.helpers import parse_multipart_label
+
+    t = time.perf_counter()
+    r = requests.post(f"{url}/infer/{task}", params={"image": image_id}, data={"params": json.dumps(params)},
+                      timeout=timeout_s)
+    r.raise_for_status()
+    label, _ = parse_multipart_label(r)
+    return np.asarray(label.dataobj) == 1, time.perf_counter() - t
 
 
 def summarize(runs: dict, max_clicks: int) -> dict:

@@ -26,14 +26,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import start_run, update_readme_table  # noqa: E402
+from interactive import timed_answer  # noqa: E402
 from monitor import ProcessTreeMonitor  # noqa: E402
 from server import BenchServer  # noqa: E402
 
@@ -63,9 +62,6 @@ def box_of(truth: np.ndarray, kind: str | None) -> list | None:
 def run_object(url: str, image_id: str, truth: np.ndarray, spacing, clicks: int, box: str | None,
                method: str) -> dict:
     """One object: Dice, seconds, and whether each interaction changed the answer."""
-    sys.path.insert(0, str(REPO))
-    from tests.e2e.helpers import parse_multipart_label
-
     from medseg.pipeline.click_simulation import next_click
 
     params = {"foreground": [], "background": [], "method": method}
@@ -80,13 +76,8 @@ def run_object(url: str, image_id: str, truth: np.ndarray, spacing, clicks: int,
                 dices.append(1.0)
                 continue
             params[click[0]].append(click[1])
-        t = time.perf_counter()
-        r = requests.post(f"{url}/infer/interactive", params={"image": image_id},
-                          data={"params": json.dumps(params)}, timeout=600)
-        r.raise_for_status()
-        label, _ = parse_multipart_label(r)
-        seconds.append(time.perf_counter() - t)
-        answer = np.asarray(label.dataobj) == 1
+        answer, took_s = timed_answer(url, "interactive", image_id, params)
+        seconds.append(took_s)
         if predicted is not None and np.array_equal(answer, predicted) and dice(answer, truth) < 1.0:
             unchanged += 1
         predicted = answer
