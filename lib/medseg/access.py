@@ -44,6 +44,8 @@ ROUTE_ROLES: list[tuple[str, str, str]] = [
     ("GET HEAD", r"/(docs|openapi\.json|favicon\.ico|static/.*)?", PUBLIC),
     ("OPTIONS", r".*", PUBLIC),  # CORS preflight: browsers send it without credentials
     ("GET POST", r"/auth/(token)?", PUBLIC),  # the login flow itself
+    # The browser client's code (medseg.viewer): no data in it; what it shows comes through the routes below.
+    ("GET HEAD", r"/viewer(/.*)?", PUBLIC),
     ("GET", r"/auth/token/valid", USER),
     ("GET", r"/info/?", USER),
     ("GET HEAD", r"/datastore/(image|label|image/info|label/info)?", USER),

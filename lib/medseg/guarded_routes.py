@@ -228,6 +228,16 @@ class LoginRefused(MedSegInputError):
     http_status = 401
 
 
+@router.get("/auth/", summary="Whether this server asks for a login")
+def get_auth_enabled():
+    """MONAI Label's answer, also when auth is off (its route exists only when it is on, so a client
+    asking on an open server got a 404 it had to read as "no login")."""
+    from monailabel.config import settings
+
+    return {"enabled": settings.MONAI_LABEL_AUTH_ENABLE,
+            "client_id": settings.MONAI_LABEL_AUTH_CLIENT_ID if settings.MONAI_LABEL_AUTH_ENABLE else None}
+
+
 @router.post("/auth/token", summary="Log in: a bearer token from the OpenID issuer (password grant)")
 def post_auth_token(username: str = Form(...), password: str = Form(...)):
     """MONAI Label's password login, with the issuer's refusal answered as 401, not as a server error."""

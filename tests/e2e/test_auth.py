@@ -222,3 +222,55 @@ def test_the_slicer_module_logs_in_and_its_roles_hold(auth_server, tmp_path):
     with pytest.raises(AuthenticationRequiredError, match="expired") as expired:
         client.server_info()
     assert expired.value.had_token
+
+
+def test_the_browser_client_asks_for_a_login_and_its_roles_hold(auth_server):
+    """/viewer/ on a secured server: the login form first; a user may look but not submit, an
+    annotator submits; the token lives in the tab's sessionStorage only."""
+    from tests.e2e.test_browser import CHROMIUM, CHROMIUM_ARGS, ARTIFACTS, idle, open_page, ready, require_browser
+
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = open_page(browser, auth_server.url)
+        page.wait_for_selector("#login-panel:not([hidden])", timeout=60_000)
+        assert page.is_hidden("#workspace")
+        page.screenshot(path=str(ARTIFACTS / "auth-01-login.png"))
+
+        def log_in(user, password):
+            page.fill("#username", user)
+            page.fill("#password", password)
+            page.click("#login-button")
+
+        log_in("ana", "wrong")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "wrong user name or password" in page.text_content("#error")
+        log_in("ana", "ana-secret")
+        ready(page)
+        idle(page)
+        assert page.evaluate("sessionStorage.getItem('medseg.token')") and page.evaluate("localStorage.length") == 0
+        page.click("#images-table tr[data-image='subject_000']")
+        idle(page)
+        page.click("#submit")
+        idle(page)
+        assert "needs the annotator role" in page.text_content("#error"), page.text_content("#error")
+        page.screenshot(path=str(ARTIFACTS / "auth-02-user-cannot-submit.png"))
+        versions_before = page.locator("#versions option").count()
+
+        page.click("#logout-button")
+        page.wait_for_selector("#login-panel:not([hidden])")
+        assert page.evaluate("sessionStorage.getItem('medseg.token')") is None
+        log_in("ben", "ben-secret")
+        ready(page)
+        idle(page)
+        page.click("#images-table tr[data-image='subject_000']")
+        idle(page)
+        page.click("#submit")
+        idle(page)
+        assert "Submitted subject_000" in page.text_content("#status"), page.text_content("#error")
+        assert page.locator("#versions option").count() == versions_before + 1
+        page.screenshot(path=str(ARTIFACTS / "auth-03-annotator-submits.png"))
+        browser.close()
