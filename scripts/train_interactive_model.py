@@ -6,7 +6,10 @@ Objects (every one a separate target; the model never sees a label name):
   ever saw them, and the card and ``bench/interactive.py`` measure on them;
 - the MNI 2009a template: grey and white matter;
 - the slicerio chest CT (3x3x10 mm): its 7 labels;
-- synthetic lesions (``medseg.data.lesions``) pasted into all three.
+- synthetic lesions (``medseg.data.lesions``) pasted into all three;
+- real gliomas, where ``../shared/data/brats`` is present: the TRAIN_CASES of the fixed split in
+  ``medseg.data.brats`` only (whole tumour on FLAIR and on T2, tumour core and enhancing tumour
+  on T1ce). Its HELD_OUT_CASES are never read here; ``bench/interactive_brats.py`` reports on them.
 
     python scripts/train_interactive_model.py --minutes 35
     python scripts/train_interactive_model.py --minutes 35 --resume   # continue the shipped weights
@@ -24,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 import medseg
 from medseg.checkpoint import load_checkpoint, save_checkpoint
 from medseg.durable import write_bytes_atomic
+from medseg.data import brats
 from medseg.data.lesions import paste_lesions
 from medseg.data.template import TEMPLATE_LABELS, TEMPLATE_T1
 from medseg.imageio import read_volume
@@ -45,6 +50,7 @@ AAL_TRAIN = list(range(1, 117, 2))
 AAL_HELD_OUT = list(range(2, 117, 2))
 CARD_HELD_OUT = AAL_HELD_OUT[::6]  # 10 regions spread over the atlas, for the card's quick check
 CARD_TRAINED = AAL_TRAIN[::12]
+GLIOMA_SHARE = 0.3  # of all samples, when the BraTS training cases are present
 
 
 def object_images(n_lesion_crops: int) -> list[ObjectImage]:
@@ -56,20 +62,47 @@ def object_images(n_lesion_crops: int) -> list[ObjectImage]:
     data = resources.files("slicerio") / "data"
     ct = read_volume(str(data / "CTChest4.nrrd"))
     chest = read_segmentation_as_label(str(data / "Segmentation.seg.nrrd"), CHEST_LABELS, ct, "the segmentation").array
-    images = [
-        ObjectImage("colin27_aal_odd", colin.array.astype(np.float32), colin.spacing_mm, aal, AAL_TRAIN, weight=0.35),
+    gliomas = glioma_images(GLIOMA_SHARE) if brats.available() else []
+    if not gliomas:
+        print(f"no real gliomas: {brats.why_absent()}", flush=True)
+    rest = 1.0 - (GLIOMA_SHARE if gliomas else 0.0)  # the shares below are of what the gliomas leave
+    images = gliomas + [
+        ObjectImage("colin27_aal_odd", colin.array.astype(np.float32), colin.spacing_mm, aal, AAL_TRAIN,
+                    weight=0.35 * rest),
         ObjectImage("colin27_brain", colin.array.astype(np.float32), colin.spacing_mm, brain.astype(np.uint8),
-                    weight=0.05),
-        ObjectImage("mni_tissues", template.array.astype(np.float32), template.spacing_mm, tissues, weight=0.1),
-        ObjectImage("chest_ct", ct.array.astype(np.float32), ct.spacing_mm, chest.astype(np.uint8), weight=0.25),
+                    weight=0.05 * rest),
+        ObjectImage("mni_tissues", template.array.astype(np.float32), template.spacing_mm, tissues, weight=0.1 * rest),
+        ObjectImage("chest_ct", ct.array.astype(np.float32), ct.spacing_mm, chest.astype(np.uint8),
+                    weight=0.25 * rest),
     ]
-    lesion_weight = 0.25 / (3 * n_lesion_crops)  # a quarter of all samples, spread over the crops
+    lesion_weight = 0.25 * rest / (3 * n_lesion_crops)  # a quarter of the rest, spread over the crops
     bodies = [(colin, colin.array > np.percentile(colin.array, 60)), (template, tissues > 0),
               (ct, ct.array > -500)]
     for n, (volume, body) in enumerate(bodies):
         for i, (crop, label) in enumerate(paste_lesions(volume.array, volume.spacing_mm, body, n_lesion_crops,
                                                         seed=10 + n)):
             images.append(ObjectImage(f"lesions_{n}_{i}", crop, volume.spacing_mm, label, weight=lesion_weight))
+    return images
+
+
+def glioma_images(share: float) -> list[ObjectImage]:
+    """The training side of the BraTS split: per case, each object on the sequence it is read on,
+    cropped to the brain; ``share`` of all samples, spread evenly."""
+    import nibabel as nib
+
+    reads = [("whole_tumour", "flair"), ("whole_tumour", "t2"), ("tumour_core", "t1ce"), ("enhancing_tumour", "t1ce")]
+    images = []
+    for case in brats.TRAIN_CASES:
+        masks = {o.name: o for o in brats.objects((case,))}
+        for name, sequence in reads:
+            if name not in masks:
+                continue
+            image = np.asarray(nib.load(str(brats.BRATS_DIR / case / f"{case}_{sequence}.nii.gz")).dataobj, np.float32)
+            brain = ndimage.find_objects((image != 0).astype(np.uint8))[0]
+            images.append(ObjectImage(f"brats_{case}_{name}_{sequence}", np.ascontiguousarray(image[brain]),
+                                      masks[name].spacing_mm, masks[name].mask[brain].astype(np.uint8)))
+    for im in images:
+        im.weight = share / len(images)
     return images
 
 
@@ -160,7 +193,8 @@ def main(argv=None) -> None:
         "trained_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         "data": {"objects": {im.name: len(im.objects) for im in images},
                  "held_out": f"AAL regions {AAL_HELD_OUT[0]}, {AAL_HELD_OUT[1]}, ... {AAL_HELD_OUT[-1]} (the even ones) "
-                             "on Colin27: never trained on"},
+                             "on Colin27, and the BraTS cases " + ", ".join(brats.HELD_OUT_CASES) +
+                             ": never trained on"},
         "inputs_tested": "any 3D scan, CT or MR, any orientation and spacing: the model reads the patch's own intensities",
         "network": network_config() | {"parameters": int(sum(p.numel() for p in network.parameters()))},
         "training": training_record(trained, learning_rate, earlier),

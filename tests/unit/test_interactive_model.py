@@ -133,13 +133,17 @@ def two_objects() -> ObjectImage:
 def test_simulated_samples_cover_every_mode_and_their_targets_are_the_object():
     im = two_objects()
     sampler = InteractionSampler([im], seed=3)
-    assert set(MODES) == {"clicks", "box", "correction"}
-    for _ in range(12):
+    assert set(MODES) == {"clicks", "box", "correction", "box_correction"}
+    box_beside_previous_and_clicks = 0
+    for _ in range(40):
         channels, target = sampler.sample()
         assert channels.shape == (5, *PATCH_VOX) and target.shape == PATCH_VOX
         assert set(np.unique(target)) <= {0, 1} and np.isfinite(channels).all()
         if target.any():  # every sample carries guidance: clicks, a box, or a previous object
             assert channels[1:].any()
+        box_beside_previous_and_clicks += bool(channels[3].any() and channels[4].any() and channels[1:3].any())
+    # the server sends the box with every later click: the network must have seen that state
+    assert box_beside_previous_and_clicks >= 2
     truth = ellipsoid((40, 40, 40), (20, 20, 20), (10, 10, 10))
     rng = np.random.default_rng(0)
     wrong = [perturbed(truth, (1.0, 1.0, 1.0), rng) for _ in range(20)]

@@ -7,7 +7,11 @@ produce it (``medseg.pipeline.click_simulation`` places clicks the same way):
 - a new object from a box around it (as the CVPR 2025 challenge starts), sometimes with a click;
 - a correction: the previous object is the truth perturbed (grown, shrunk, its boundary
   wobbled, a piece cut off or one added, or a coarse version), and 1-9 clicks go at the
-  deepest points of its largest errors, so 1-10 interactions in all.
+  deepest points of its largest errors, so 1-10 interactions in all;
+- a correction after a box: the same, with the box still given. The server sends the box with
+  every click that follows it, and a network that never saw a box beside a previous object and
+  clicks learned to ignore those clicks (issue #32: on held-out gliomas five clicks after a box
+  ended below the box alone).
 Everything is computed in the patch, at the patch's resolution, so that a whole-brain object
 costs no more than a small one. The network learns to answer the true object in the patch.
 """
@@ -42,7 +46,7 @@ from medseg.pipeline.metrics import dice
 
 logger = logging.getLogger(__name__)
 
-MODES = {"clicks": 0.3, "box": 0.2, "correction": 0.5}
+MODES = {"clicks": 0.25, "box": 0.15, "correction": 0.4, "box_correction": 0.2}
 MAX_CORRECTIONS = 9
 # How a previous object is wrong, and how often (``perturbed``).
 PERTURBATIONS = {"grow_shrink": 0.25, "wobble": 0.3, "cut": 0.15, "add": 0.1, "coarse": 0.15, "empty": 0.05}
@@ -162,11 +166,14 @@ class InteractionSampler:
         if not truth.any():  # the patch missed the object: nothing to click on, answer nothing
             return none, none, np.zeros(PATCH_VOX, np.float32), previous
         first = _deepest(truth, spacing)[None]
-        if mode == "box":
+        box = np.zeros(PATCH_VOX, np.float32)
+        if mode in ("box", "box_correction"):
             low = np.array([s.start for s in im.boxes[value]]) + self.rng.integers(-2, 3, 3)
             high = np.array([s.stop - 1 for s in im.boxes[value]]) + self.rng.integers(-2, 3, 3)
+            box = box_channel((low, high), grid)
+        if mode == "box":
             clicks = first if self.rng.random() < 0.3 else none
-            return clicks, none, box_channel((low, high), grid), previous
+            return clicks, none, box, previous
         foreground, background = [first], []
         if mode == "clicks":
             if self.rng.random() < 0.3:
@@ -180,10 +187,10 @@ class InteractionSampler:
             previous = perturbed(truth, spacing, self.rng)
             for kind, error in _largest_errors(truth, previous, int(self.rng.integers(1, MAX_CORRECTIONS + 1))):
                 (foreground if kind == "foreground" else background).append(_deepest(error, spacing)[None])
-            if self.rng.random() < 0.5:
-                foreground = foreground[1:]  # the first click is long gone, or the prior came from a model
+            if mode == "box_correction" or self.rng.random() < 0.5:
+                foreground = foreground[1:]  # the first click is long gone, the prior came from a model or a box
         stack = lambda pts: np.concatenate(pts) if pts else none  # noqa: E731
-        return stack(foreground), stack(background), np.zeros(PATCH_VOX, np.float32), previous
+        return stack(foreground), stack(background), box, previous
 
     def _flip(self, channels: np.ndarray, truth: np.ndarray):
         """The model runs in the image's own voxel order, which may be any: flips and axis orders."""
