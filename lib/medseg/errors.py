@@ -27,6 +27,13 @@ class MedSegInputError(HTTPException):
         return str(self.detail)
 
 
+class EditNotRememberedError(MedSegInputError):
+    """A guided-editing request asked to continue an edit the server no longer remembers (409: the
+    client sends the segment as the prior again)."""
+
+    http_status = 409
+
+
 class UnknownImageError(MedSegInputError):
     http_status = 404
 

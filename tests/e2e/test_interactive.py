@@ -70,6 +70,7 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     model = client.info()["models"]["interactive"]
     assert model["type"] == "deepgrow" and model["dimension"] == 3  # the stock module's SmartEdit section
     assert model["default_method"] in model["methods"] and "bench/" in model["default_method_why"]
+    assert model["default_method_with_box_on_mr"] in model["methods"]
     # What the stock module sends for a deepgrow model: label, foreground, background.
     result_path, params = client.infer("interactive", "phantom", {"label": "lesion", "foreground": [CLICK],
                                                                    "background": []})
@@ -97,6 +98,8 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     ({"foreground": [CLICK], "prior_path": "/etc/passwd"}, "set by the server"),
     ({"foreground": [CLICK], "label": "liver", "prior_tag": "nosuchtag"}, "no label tagged"),
     ({"foreground": [CLICK], "changed_region_only": "maybe"}, "changed_region_only"),
+    ({"foreground": [CLICK], "edit_id": "../x"}, "edit_id must be"),
+    ({"foreground": [CLICK], "continue_edit": True}, "needs the edit_id"),
 ])
 def test_bad_guidance_gets_422_and_changes_nothing(srv, params, message):
     before = datastore_state(srv.url)
@@ -150,6 +153,38 @@ def test_a_click_refines_the_stored_label_only_near_it(srv, tmp_path):
     # The stored label is the clinician's: an edit answers with a new label and stores nothing.
     assert np.array_equal(np.asarray(nib.load(str(srv.studies / "labels" / "final" / "phantom.nii.gz")).dataobj),
                           stored)
+
+
+def test_an_edit_continues_without_the_prior_when_the_client_says_so(srv, tmp_path, method="seeded"):
+    """The browser sends the segment as the prior once per edit, then continue_edit: the same
+    answer as sending the prior again, and 409 once the server does not remember the edit. (This
+    server has no learned weights; the memory of edits is the same for both methods.)"""
+    stored = store_liver_with_an_island(srv, tmp_path)
+    prior = tmp_path / "prior.nii.gz"
+    nib.save(nib.Nifti1Image(stored, AFFINE), str(prior))
+    first = {"background": [[40, 12, 10]], "label": "liver", "label_kind": "prior", "method": method,
+             "edit_id": f"edit-{method}"}
+    with open(prior, "rb") as f:
+        r = post(srv, first, files={"label": ("prior.nii.gz", f)})
+    assert r.status_code == 200, r.text
+    once, _ = parse_multipart_label(r)
+    after_first = np.where(np.asarray(once.dataobj) == 1, 2, 0).astype(np.uint8)
+    second = {**first, "foreground": [[20, 20, 12]], "background": [[40, 12, 10], [2, 2, 2]]}
+    r = post(srv, {**second, "continue_edit": True})
+    assert r.status_code == 200, r.text
+    continued, params = parse_multipart_label(r)
+    assert params["continued_edit"] and params["refined"]
+    mask = np.asarray(continued.dataobj) == 1
+    assert not mask[ISLAND].any() and mask[20, 20, 12], "the first click's work kept, the second's added"
+    # the same answer as a client that uploads its segment again with the second request
+    nib.save(nib.Nifti1Image(after_first, AFFINE), str(prior))
+    with open(prior, "rb") as f:
+        again, _ = parse_multipart_label(post(srv, second, files={"label": ("prior.nii.gz", f)}))
+    assert np.array_equal(np.asarray(continued.dataobj), np.asarray(again.dataobj))
+    before = datastore_state(srv.url)
+    forgotten = post(srv, {**second, "edit_id": "never-started", "continue_edit": True})
+    assert forgotten.status_code == 409 and "send the segment again as the prior" in forgotten.json()["detail"]
+    assert datastore_state(srv.url) == before
 
 
 def test_medseglib_guided_edit_clicks_and_undo(srv, tmp_path):

@@ -12,7 +12,7 @@ from scipy.spatial.transform import Rotation
 
 from medseg.errors import MedSegInputError
 from medseg.interaction import box, interaction_from_request, points
-from medseg.tasks.interactive import InteractiveInferTask, split_interactive_options
+from medseg.tasks.interactive import InteractiveInferTask, looks_like_ct, split_interactive_options
 from medseg.volume_cache import VolumeCache
 
 LABELS = {"lesion": 1, "liver": 2}
@@ -281,3 +281,12 @@ def test_clicks_whose_neighbourhoods_overlap_are_refined_together():
     # On 5 mm slices, 12 slices apart is 60 mm: apart.
     assert len(click_groups(Interaction(np.array([[10, 10, 0], [10, 10, 12]]), np.zeros((0, 3), int)),
                             (1.0, 1.0, 5.0))) == 2
+
+
+def test_a_ct_is_told_from_an_mr_by_its_air():
+    """The default method after a box depends on the modality (learned on MR lesions, seeded on CT)."""
+    ct = np.full((200, 200, 60), -1000, np.int16)
+    ct[40:160, 40:160, :] = 40  # a body in air
+    mr = np.random.default_rng(0).uniform(0, 900, (200, 200, 60)).astype(np.float32)
+    assert looks_like_ct(ct) and not looks_like_ct(mr)
+    assert not looks_like_ct(np.zeros((5, 5, 5)))
