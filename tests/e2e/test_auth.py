@@ -256,7 +256,7 @@ def test_the_browser_client_asks_for_a_login_and_its_roles_hold(auth_server):
         idle(page)
         page.click("#submit")
         idle(page)
-        assert "needs the annotator role" in page.text_content("#error"), page.text_content("#error")
+        assert "needs the monailabel-annotator role (HTTP 403)" in page.text_content("#error"), page.text_content("#error")
         page.screenshot(path=str(ARTIFACTS / "auth-02-user-cannot-submit.png"))
         versions_before = page.locator("#versions option").count()
 

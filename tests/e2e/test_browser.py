@@ -81,7 +81,7 @@ def srv(tmp_path_factory, sample_sets):
     studies = make_studies(tmp_path_factory.mktemp("browser"), sample_sets)
     image, obj = phantom()
     nib.save(nib.Nifti1Image(image, oblique_lps_affine()), str(studies / "phantom_lps.nii.gz"))
-    server = Server(studies, {"models": "unet3d", "labels": "lesion=1,liver=2"})
+    server = Server(studies, {"models": "unet3d"})  # the app's labels: grey_matter 1, white_matter 2
     server.obj = obj
     yield server
     server.stop()
@@ -140,13 +140,25 @@ def label_values(page) -> np.ndarray:
     return flat.reshape(dims[::-1]).transpose(2, 1, 0)
 
 
-def click_voxel(page, voxel, button_down_up=True):
+def click_voxel(page, voxel):
     """A real mouse click on ``voxel`` (native i, j, k) in the axial view, its slice brought up first."""
     page.evaluate("v => window.medsegViewer.view.centreOn(v)", list(voxel))
     point = page.evaluate("v => window.medsegViewer.view.canvasPointOf(v, 0)", list(voxel))
     assert point, f"voxel {voxel} is not in the axial view"
     box = page.locator("#gl").bounding_box()
     return box["x"] + point["x"], box["y"] + point["y"]
+
+
+def stroke(page, from_voxel, to_voxel):
+    """A real mouse drag in the axial view from one voxel to another (same slice)."""
+    start = click_voxel(page, from_voxel)
+    end = click_voxel(page, to_voxel)
+    page.mouse.move(*start)
+    page.mouse.down()
+    for t in np.linspace(0, 1, 8):
+        page.mouse.move(start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
+    page.mouse.up()
+    idle(page)
 
 
 def test_load_next_segment_click_brush_submit(srv, browser):
@@ -189,7 +201,7 @@ def test_load_next_segment_click_brush_submit(srv, browser):
     idle(page)
     assert "Foreground click at 16, 20, 12" in page.text_content("#status"), page.text_content("#error")
     shown = label_values(page)
-    lesion = shown == 1
+    lesion = shown == 1  # the phantom's object, labelled with segment 1
     dice = 2 * (lesion & srv.obj).sum() / (lesion.sum() + srv.obj.sum())
     assert dice > 0.8, f"the click selected Dice {dice:.2f} of the object"
     assert not lesion[30:44, 8:32, 4:20].any(), "the click's answer spilled into the other block"
@@ -199,19 +211,12 @@ def test_load_next_segment_click_brush_submit(srv, browser):
     page.fill("#brush-mm", "2")
     page.check("input[name=tool][value=brush]")
     page.check("#segments input[value='2']")
-    start = click_voxel(page, (34, 20, 12))
-    end = click_voxel(page, (40, 20, 12))
-    page.mouse.move(*start)
-    page.mouse.down()
-    for t in np.linspace(0, 1, 8):
-        page.mouse.move(start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1]))
-    page.mouse.up()
-    idle(page)
+    stroke(page, (34, 20, 12), (40, 20, 12))
     after = label_values(page)
     painted = after == 2
     assert painted[34:41, 18:23, 12].sum() >= 5, "the stroke did not paint along its path"
     assert not painted[:, :, [11, 13]].any(), "a stroke on one slice stays on that slice"
-    assert (after[lesion] == 1).all(), "the brush of another segment left the lesion as it was"
+    assert (after[lesion] == 1).all(), "the brush of another segment left the first one as it was"
     shot(page, "05-brush")
 
     # undo and redo of the stroke
@@ -234,6 +239,39 @@ def test_load_next_segment_click_brush_submit(srv, browser):
     assert np.array_equal(np.asarray(label.dataobj).astype(np.uint8), after)
     info = requests.get(f"{srv.url}/medseg/labels/phantom_lps/versions", timeout=30).json()["versions"][-1]
     assert info["effort"]["interactions"] >= 4 and info["effort"]["seconds"] > 0
+
+    # versions: a second submit without the stroke, the diff against version 1, and its restore
+    page.click("#undo")
+    page.click("#submit")
+    idle(page)
+    assert page.locator("#versions option").count() == 2
+    page.select_option("#versions", "1")
+    page.click("#diff-version")
+    idle(page)
+    diff = page.text_content("#diff-result")
+    assert "Against v1: white_matter +0" in diff and "grey_matter" not in diff, diff
+    page.click("#restore-version")
+    idle(page)
+    assert "Version 1 is the final label again" in page.text_content("#status"), page.text_content("#error")
+    assert (label_values(page) == after).all()
+    assert page.locator("#versions option").count() == 3
+    shot(page, "07-versions")
+
+    # training: started, followed and stopped from the page
+    page.select_option("#train-model", "unet3d")
+    page.click("#train-start")
+    idle(page)
+    deadline = time.monotonic() + 120
+    while "RUNNING" not in (page.text_content("#train-status") or ""):
+        assert time.monotonic() < deadline, (page.text_content("#train-status"), page.text_content("#error"))
+        time.sleep(0.5)
+    page.click("#train-stop")
+    idle(page)
+    deadline = time.monotonic() + 120
+    while "RUNNING" in (page.text_content("#train-status") or ""):
+        assert time.monotonic() < deadline, page.text_content("#train-status")
+        time.sleep(0.5)  # the page keeps asking while it runs
+    shot(page, "08-training-stopped")
     assert not [e for e in page.errors if "favicon" not in e], page.errors
 
 

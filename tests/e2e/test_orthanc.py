@@ -306,3 +306,40 @@ def test_a_restarted_server_finds_the_labels_in_the_pacs(pacs_server, pacs, orth
         assert first["id"] == pacs["ct"]  # the only image without a final label
     finally:
         srv.stop()
+
+
+def test_the_browser_client_labels_a_pacs_image(orthanc, pacs, tmp_path_factory):
+    """/viewer/ on a DICOMweb datastore: the series opens, a brush stroke is submitted, and Orthanc
+    holds it as a SEG whose label is, voxel for voxel, what the page showed."""
+    from tests.e2e.test_browser import (ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, idle, label_values, open_page, ready,
+                                        require_browser, stroke)
+
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    srv = DicomwebServer(orthanc.dicomweb_url, tmp_path_factory.mktemp("pacs-viewer"), {"models": "unet3d"})
+    segs_before = len(seg_series(orthanc, referencing=pacs["ct"]))
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = open_page(browser, srv.url)
+            ready(page)
+            idle(page)
+            page.click(f"#images-table tr[data-image='{pacs['ct']}']")
+            idle(page, 300)
+            assert page.evaluate("window.medsegViewer.state.grid.dims") == list(CROP_VOX), page.text_content("#error")
+            page.fill("#brush-mm", "3")
+            page.check("input[name=tool][value=brush]")
+            stroke(page, (30, 40, 30), (40, 40, 30))
+            shown = label_values(page)
+            assert (shown > 0).sum() > 20
+            page.click("#submit")
+            idle(page, 300)
+            assert "Submitted" in page.text_content("#status"), page.text_content("#error")
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "pacs-submitted.png"))
+            browser.close()
+        assert len(seg_series(orthanc, referencing=pacs["ct"])) == segs_before + 1
+        assert np.array_equal(final_label(srv.url, pacs["ct"]), shown)
+    finally:
+        srv.stop()

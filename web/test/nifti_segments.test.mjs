@@ -42,11 +42,19 @@ test('a guided edit asks with the prior and the changed region, and only its lat
   edit.addClick([9, 3, 5], false);
   const first = edit.snapshot();
   assert.deepEqual(first.params, { label: 'liver', foreground: [[4, 6, 5]], background: [[9, 3, 5]],
-    label_kind: 'prior', changed_region_only: true, box: [[3, 2, 5], [10, 8, 5]] });
+    label_kind: 'prior', changed_region_only: true, box: [[3, 2, 5], [10, 8, 5]], edit_id: edit.id });
+  assert.ok(first.needsPrior && /^[A-Za-z0-9_-]{1,64}$/.test(edit.id));
+  edit.answered(); // later requests continue the edit the server remembers, without the prior
+  const later = edit.snapshot();
+  assert.ok(later.params.continue_edit && !later.needsPrior && !('label_kind' in later.params));
+  edit.forgotten();
+  assert.ok(edit.snapshot().needsPrior);
+  assert.notEqual(new GuidedEdit('img1', 'liver').id, edit.id);
   assert.equal(edit.interactions, 3);
-  assert.ok(edit.isCurrent(first, 'img1', 'liver'));
+  const latest = edit.snapshot();
+  assert.ok(edit.isCurrent(latest, 'img1', 'liver'));
   const second = edit.snapshot();
-  assert.ok(!edit.isCurrent(first, 'img1', 'liver'), 'overtaken by a later request');
+  assert.ok(!edit.isCurrent(latest, 'img1', 'liver'), 'overtaken by a later request');
   assert.ok(edit.isCurrent(second, 'img1', 'liver'));
   assert.ok(!edit.isCurrent(second, 'img2', 'liver'), 'another image is on screen');
   assert.ok(!edit.isCurrent(second, 'img1', 'spleen'), 'another segment is selected');

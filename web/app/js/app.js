@@ -27,6 +27,7 @@ const state = {
   dirty: false,
   busy: 0,
   trainTimer: null,
+  labelTags: {}, // image id -> the tags of its stored labels, from the last listing
   timings: [], // per guided edit and image load, for bench/viewer.py: milliseconds of each part
 };
 
@@ -218,8 +219,10 @@ function refreshButtons() {
 async function refreshImages() {
   const store = await guarded('Listing the images', () => state.api.datastore());
   if (!store) return;
+  state.labelTags = {};
   const rows = Object.entries(store.objects || {}).map(([id, object]) => {
     const labels = (object && object.labels) || {};
+    state.labelTags[id] = Object.keys(labels);
     const row = document.createElement('tr');
     row.dataset.image = id;
     if (id === state.imageId) row.className = 'open';
@@ -227,6 +230,7 @@ async function refreshImages() {
     for (const text of [id, Object.keys(labels).join(', ') || '—', versions === undefined ? '' : `v${versions}`]) {
       const cell = document.createElement('td');
       cell.textContent = text;
+      cell.title = text; // a PACS id (a series UID) is longer than the column
       row.append(cell);
     }
     row.addEventListener('click', () => openImage(id));
@@ -260,9 +264,12 @@ async function openImage(imageId) {
     $('image-title').textContent = `${imageId} (${state.grid.dims.join(' × ')} voxels, `
       + `${state.grid.spacingMm.map((s) => s.toFixed(2)).join(' × ')} mm)`;
     windowPresets();
-    labelStyle();
+    state.view.setLabelStyle(Number($('opacity').value), $('outline').checked, false);
     await loadVersions();
-    if ($('versions').value) await loadStoredLabel(() => state.api.labelBytes(imageId, 'final'), 'final label');
+    // A folder datastore keeps versions; a PACS only the final label (as a DICOM SEG).
+    if ($('versions').value || (state.labelTags[imageId] || []).includes('final')) {
+      await loadStoredLabel(() => state.api.labelBytes(imageId, 'final'), 'final label');
+    }
     for (const row of $('images-table').querySelectorAll('tbody tr')) {
       row.className = row.dataset.image === imageId ? 'open' : '';
     }
@@ -280,12 +287,11 @@ function windowPresets() {
     b.addEventListener('click', apply);
     buttons.push(b);
   };
+  // The view opened the image with the first of these already applied.
   if (state.view.isCT()) {
     for (const [name, [centre, width]] of Object.entries(CT_PRESETS)) add(name, () => state.view.setWindow(...windowOf(centre, width)));
-    state.view.setWindow(...windowOf(...CT_PRESETS['soft tissue']));
   } else {
     add('auto', () => state.view.autoWindow());
-    state.view.autoWindow();
   }
   holder.replaceChildren(...buttons);
 }
@@ -352,37 +358,66 @@ async function guidedBox(a, b) {
   await askGuided(`Box ${a.join(', ')} – ${b.join(', ')}`);
 }
 
+// One request of an edit at a time: clicks made while it runs wait, and go together in the next
+// request, so answers land in the order the server computed them and its memory of the edit
+// always matches the segment on screen.
 async function askGuided(what) {
-  const startedAt = performance.now();
   const edit = state.edit;
   const model = state.models.interactive[0];
   if (!model) {
     showError('this server serves no interactive model');
     return;
   }
-  const request = edit.snapshot();
+  if (edit.inFlight) {
+    edit.pending = what;
+    return;
+  }
+  edit.inFlight = true;
+  try {
+    await guarded(what, () => guidedRequest(edit, model, what));
+  } finally {
+    edit.inFlight = false;
+  }
+  if (edit.pending && edit === state.edit) {
+    const next = edit.pending;
+    edit.pending = null;
+    await askGuided(next);
+  }
+}
+
+async function guidedRequest(edit, model, what) {
+  const startedAt = performance.now();
   const segment = state.segment;
-  await guarded(what, async () => {
-    const prior = await writeLabel(state.grid, state.label.values);
-    const priorAt = performance.now();
-    const answer = await state.api.infer(model, request.imageId, request.params, prior);
-    const answeredAt = performance.now();
-    if (!edit.isCurrent(request, state.imageId, state.segment && state.segment.name) || edit !== state.edit) {
-      return; // overtaken: a later click, another image or another segment
-    }
-    const result = await readLabel(answer.bytes);
-    const region = answerRegion(answer.params, state.grid.dims);
-    state.label.pasteAnswer(region, result.values, segment.value);
-    touched();
-    showLabel();
-    const shownAt = performance.now();
-    state.timings.push({ what: 'guided', prior_ms: priorAt - startedAt, request_ms: answeredAt - priorAt,
-      overlay_ms: shownAt - answeredAt, total_ms: shownAt - startedAt, prior_bytes: prior.length,
-      answer_bytes: answer.bytes.length, server_infer_s: (answer.params.latencies || {}).infer ?? null });
-    const seconds = answer.params.latencies ? answer.params.latencies.infer : null;
-    status(`${what}: ${answer.params.object_voxels ?? '?'} voxels in ${segment.name}`
-      + `${seconds !== null ? ` (${seconds} s)` : ''}`);
-  });
+  let request = edit.snapshot();
+  const prior = request.needsPrior ? await writeLabel(state.grid, state.label.values) : null;
+  const priorAt = performance.now();
+  let answer;
+  try {
+    answer = await state.api.infer(model, request.imageId, request.params, prior);
+  } catch (e) {
+    if (e.status !== 409) throw e;
+    edit.forgotten(); // the server no longer holds the edit: send the segment again
+    request = edit.snapshot();
+    answer = await state.api.infer(model, request.imageId, request.params,
+      await writeLabel(state.grid, state.label.values));
+  }
+  const answeredAt = performance.now();
+  if (!edit.isCurrent(request, state.imageId, state.segment && state.segment.name) || edit !== state.edit) {
+    return; // another image, segment or edit is on screen now
+  }
+  edit.answered();
+  const result = await readLabel(answer.bytes);
+  const region = answerRegion(answer.params, state.grid.dims);
+  state.label.pasteAnswer(region, result.values, segment.value);
+  touched();
+  showLabel();
+  const shownAt = performance.now();
+  state.timings.push({ what: 'guided', prior_ms: priorAt - startedAt, request_ms: answeredAt - priorAt,
+    overlay_ms: shownAt - answeredAt, total_ms: shownAt - startedAt, prior_bytes: prior ? prior.length : 0,
+    answer_bytes: answer.bytes.length, server_infer_s: (answer.params.latencies || {}).infer ?? null });
+  const seconds = answer.params.latencies ? answer.params.latencies.infer : null;
+  status(`${what}: ${answer.params.object_voxels ?? '?'} voxels in ${segment.name}`
+    + `${seconds !== null ? ` (${seconds} s)` : ''}`);
 }
 
 function brushStroke(points, plane) {
@@ -481,6 +516,7 @@ async function restoreVersion() {
   await guarded(`Restoring version ${version}`, async () => {
     await state.api.restoreLabelVersion(state.imageId, version);
     await loadVersions();
+    await refreshImages();
     await loadStoredLabel(() => state.api.labelBytes(state.imageId, 'final'), 'final label');
     state.dirty = false;
     status(`Version ${version} is the final label again`);

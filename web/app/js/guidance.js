@@ -1,9 +1,12 @@
 // Guided editing as the page does it: the clicks and box of one segment's edit, the request
 // for POST /infer/<interactive model>, and the rule that an answer lands only where it was asked.
 //
-// The current label map goes with each request as the prior (label_kind "prior"), so a click
-// corrects what is on screen instead of starting the object again, and the server answers the
-// changed region only.
+// The current label map goes with the edit's first request as the prior (label_kind "prior"),
+// so a click corrects what is on screen instead of starting the object again, and the server
+// answers the changed region only. Later requests of the edit say continue_edit instead: the
+// segment on screen is then the edit's last answer, which the server remembers (a 512x512x300
+// CT's prior costs seconds to write and read on every click). Any other change to the label
+// starts a new edit; the server answering 409 (it forgot the edit) sends the prior again.
 
 export class GuidedEdit {
   constructor(imageId, segmentName, method = null) {
@@ -15,6 +18,8 @@ export class GuidedEdit {
     this.box = null; // [[i0, j0, k0], [i1, j1, k1]], inclusive
     this.requestSerial = 0;
     this.interactions = 0;
+    this.id = `e${Date.now().toString(36)}${Math.random().toString(36).slice(2, 10)}`;
+    this.serverHasIt = false; // the server holds this edit's last answer: no prior needed
   }
 
   get empty() {
@@ -41,9 +46,11 @@ export class GuidedEdit {
       label: this.segmentName,
       foreground: this.foreground,
       background: this.background,
-      label_kind: 'prior',
       changed_region_only: true,
+      edit_id: this.id,
     };
+    if (this.serverHasIt) out.continue_edit = true;
+    else out.label_kind = 'prior';
     if (this.box) out.box = this.box;
     if (this.method) out.method = this.method;
     return out;
@@ -53,8 +60,18 @@ export class GuidedEdit {
   // be shown (no later request of this edit, and the same image and segment).
   snapshot() {
     this.requestSerial += 1;
-    return { serial: this.requestSerial, imageId: this.imageId, segmentName: this.segmentName,
-      params: JSON.parse(JSON.stringify(this.params())) };
+    const params = JSON.parse(JSON.stringify(this.params()));
+    return { serial: this.requestSerial, imageId: this.imageId, segmentName: this.segmentName, params,
+      needsPrior: !params.continue_edit };
+  }
+
+  // The server answered (it now holds the edit's last answer), or forgot the edit (409).
+  answered() {
+    this.serverHasIt = true;
+  }
+
+  forgotten() {
+    this.serverHasIt = false;
   }
 
   isCurrent(snapshot, imageId, segmentName) {

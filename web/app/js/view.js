@@ -23,7 +23,7 @@ export class ImageView {
       show3Dcrosshair: true,
       backColor: [0.05, 0.05, 0.08, 1],
       crosshairColor: [0.2, 0.8, 1, 0.8],
-      crosshairWidth: 0.5,
+      crosshairWidth: 1,
       isResizeCanvas: true,
     });
     this.mapping = null;
@@ -54,6 +54,10 @@ export class ImageView {
     for (const v of this.nv.volumes.slice()) this.nv.removeVolume(v);
     const volume = await NVImage.loadFromUrl({ url: bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength),
       name });
+    // The first window is set before the volume goes to the GPU: changing it afterwards uploads
+    // and renders the volume again (seconds for a 512x512x300 CT with software WebGL).
+    [volume.cal_min, volume.cal_max] = volume.global_min < -500 ? windowOf(...CT_PRESETS['soft tissue'])
+      : [volume.robust_min, volume.robust_max];
     this.nv.addVolume(volume);
     this.volume = volume;
     const dims = [1, 2, 3].map((a) => volume.hdr.dims[a]);
@@ -97,9 +101,10 @@ export class ImageView {
     this.nv.refreshDrawing(true);
   }
 
-  setLabelStyle(opacity, outline) {
+  setLabelStyle(opacity, outline, redraw = true) {
     this.nv.drawRimOpacity = outline ? 1.0 : -1;
-    this.nv.setDrawOpacity(outline ? Math.min(opacity, 0.15) : opacity);
+    this.nv.drawOpacity = outline ? Math.min(opacity, 0.15) : opacity;
+    if (redraw) this.nv.drawScene();
   }
 
   setMode(mode) {
