@@ -220,9 +220,9 @@ class MedSegApp(MONAILabelApp):
         if isinstance(store, MedSegLocalDatastore):
             store.recover()  # before any request: finish or undo what a kill interrupted
         http_guard.install(self.cfg.max_upload_mb, self.cfg.open_network)
-        from medseg import viewer
+        from medseg import effort, viewer
 
-        routers = [model_versions_api.router, viewer.router]
+        routers = [model_versions_api.router, viewer.router, effort.router]
         if isinstance(store, MedSegLocalDatastore):
             from medseg.datastore import versions_api
 

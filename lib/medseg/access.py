@@ -60,6 +60,7 @@ ROUTE_ROLES: list[tuple[str, str, str]] = [
     ("POST DELETE", r"/batch/infer(/[^/]+)?", ADMIN),
     ("GET PUT DELETE", r"/session/([^/]+)?", USER),
     ("GET", r"/medseg/(labels|models)/[^/]+/versions(/\d+)?", USER),
+    ("GET", r"/medseg/effort", USER),
     ("POST", r"/medseg/(labels|models)/[^/]+/versions/\d+/restore", ADMIN),
     ("GET", r"/ohif/.*", USER),
     # /model (weights), /logs, /reload, /proxy (writes to the PACS): admin, by the default below.

@@ -143,3 +143,18 @@ def _check_header_shape(path: str, expect: tuple[int, ...]) -> None:
     if shape != expect:
         raise MedSegInputError(f"label size {list(shape)} differs from the image size {list(expect)}; "
                                "export the label on the image's grid")
+
+
+SLAB_VOXELS = 8_000_000  # bincount a label this many voxels at a time: bounded memory on a 512x512x300 CT
+
+
+def structures_present(label: np.ndarray, labels: dict[str, int]) -> list[str]:
+    """The names of the app's labels that have at least one voxel in ``label``."""
+    flat = label.reshape(-1)
+    top = max(labels.values(), default=0)
+    counts = np.zeros(top + 1, np.int64)
+    for start in range(0, flat.size, SLAB_VOXELS):
+        part = flat[start:start + SLAB_VOXELS]
+        part = part[(part > 0) & (part <= top)].astype(np.int64)
+        counts += np.bincount(part, minlength=top + 1)[:top + 1]
+    return sorted(name for name, value in labels.items() if 0 < value <= top and counts[value] > 0)

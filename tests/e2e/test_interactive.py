@@ -268,7 +268,17 @@ def test_the_effort_of_a_label_is_kept_with_its_version(srv, tmp_path):
     submit_label(client, "phantom", result.path, LabelSet({"lesion": 1, "liver": 2}), effort=effort)
     versions = requests.get(f"{srv.url}/medseg/labels/phantom/versions", timeout=30).json()
     latest = versions["versions"][-1] if isinstance(versions, dict) else versions[-1]
-    assert latest["effort"] == {"interactions": 1, "seconds": 12.5}
+    assert latest["effort"] == {"interactions": 1, "seconds": 12.5} and latest["structures"] == ["lesion"]
+    # the effort report: per structure, in the order the labels were submitted (JSON and a page)
+    report = requests.get(f"{srv.url}/medseg/effort", timeout=30).json()
+    lesion = report["per_structure"]["lesion"]
+    assert lesion[-1]["image"] == "phantom" and lesion[-1]["interactions"] == 1 and lesion[-1]["seconds"] == 12.5
+    assert [row["n"] for row in lesion] == list(range(1, len(lesion) + 1))
+    assert report["summary"]["lesion"]["latest_interactions"] == 1
+    page = requests.get(f"{srv.url}/medseg/effort", params={"format": "html"}, timeout=30)
+    assert page.status_code == 200 and "<h2>lesion</h2>" in page.text and "<svg" in page.text
+    assert "script-src" not in page.headers["content-security-policy"] and "<script" not in page.text
+    assert requests.get(f"{srv.url}/medseg/effort", params={"format": "pdf"}, timeout=30).status_code == 422
 
     before = datastore_state(srv.url)
     for bad in ({"interactions": -1}, {"interactions": 1.5}, {"minutes": 3}, "lots"):

@@ -53,6 +53,7 @@ from medseg.labels import (
     nifti_suffix,
     read_uploaded_label,
     stored_as_integers,
+    structures_present,
     stored_suffix,
 )
 from medseg.nrrd_files import is_nrrd
@@ -470,7 +471,9 @@ class MedSegLocalDatastore(LocalDatastore):
                 dtype = label_dtype(self.labels)
                 write_like(staged, label.array.astype(dtype), label, dtype=dtype)
             source = label_info.pop("source", "upload")  # infer's save_label says "infer" (MedSegApp.infer)
-            self._commit_label(image_id, label_tag, staged, label_ext, label_info, {"source": source})
+            # The structures it holds go with the version, for the effort report per structure (medseg.effort).
+            self._commit_label(image_id, label_tag, staged, label_ext, label_info,
+                               {"source": source, "structures": structures_present(label.array, self.labels)})
         return image_id
 
     def label_versions(self, image_id: str) -> list[dict[str, Any]]:
