@@ -24,6 +24,7 @@ import pytest
 import requests
 
 from tests.conftest import REPO, Server, make_studies
+from tests.e2e.helpers import gunzip_if_needed
 
 CHROMIUM = os.environ.get("MEDSEG_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
@@ -232,7 +233,7 @@ def test_load_next_segment_click_brush_submit(srv, browser):
     shot(page, "06-submitted")
     stored = requests.get(f"{srv.url}/datastore/label", params={"label": "phantom_lps", "tag": "final"}, timeout=30)
     assert stored.status_code == 200
-    label = nib.Nifti1Image.from_bytes(_gunzip(stored.content))
+    label = nib.Nifti1Image.from_bytes(gunzip_if_needed(stored.content))
     image = nib.load(str(srv.studies / "phantom_lps.nii.gz"))
     assert label.shape == image.shape
     assert np.allclose(label.affine, image.affine, atol=1e-4)
@@ -274,11 +275,6 @@ def test_load_next_segment_click_brush_submit(srv, browser):
     shot(page, "08-training-stopped")
     assert not [e for e in page.errors if "favicon" not in e], page.errors
 
-
-def _gunzip(data: bytes) -> bytes:
-    import gzip
-
-    return gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
 
 
 def test_the_page_is_served_with_a_strict_content_security_policy(srv):

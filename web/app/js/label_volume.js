@@ -56,18 +56,19 @@ export class LabelVolume {
   }
 
   undo() {
-    const edit = this.undoStack.pop();
-    if (!edit) return null;
-    edit.indices.forEach((x, n) => { this.values[x] = edit.before[n]; });
-    this.redoStack.push(edit);
-    return edit.what;
+    return this.move(this.undoStack, this.redoStack, 'before');
   }
 
   redo() {
-    const edit = this.redoStack.pop();
+    return this.move(this.redoStack, this.undoStack, 'after');
+  }
+
+  // Take the latest edit off ``from``, write its ``side`` values, and keep it on ``to``.
+  move(from, to, side) {
+    const edit = from.pop();
     if (!edit) return null;
-    edit.indices.forEach((x, n) => { this.values[x] = edit.after[n]; });
-    this.undoStack.push(edit);
+    edit.indices.forEach((x, n) => { this.values[x] = edit[side][n]; });
+    to.push(edit);
     return edit.what;
   }
 
