@@ -51,7 +51,10 @@ CONF_KEYS = (
     ConfKey("shipped_weights", "`true`",
             "`false`: ignore the weights shipped in `apps/medseg/model/`, so every model starts from scratch "
             "on the datastore's own `final` labels (other anatomy, or a benchmark that must not start from a "
-            "trained brain model)"),
+            "trained brain model). The guided-editing model's weights are kept: they are class-agnostic"),
+    ConfKey("shipped_interactive_weights", "`true`",
+            "`false`: ignore the shipped weights of the class-agnostic guided-editing model as well (`learned` "
+            "then answers only after `POST /train/interactive`; `seeded` answers meanwhile)"),
     ConfKey("work_dir", "`<studies>/.medseg`",
             "published weights, plans, split, preprocessing cache, training progress, uncertainty scores, "
             "reservations"),
@@ -103,6 +106,8 @@ class AppConfig:
     device: str  # "auto", "cpu", "cuda", "cuda:1"
     work_dir: Path  # published weights, caches, training progress
     shipped_model_dir: Path | None  # None: ignore the shipped weights (conf shipped_weights false)
+    # The guided-editing model segments any structure, so other anatomy keeps it (conf shipped_interactive_weights)
+    shipped_interactive_model_dir: Path | None
     tta: bool  # default for infer requests that do not say
     modality: str  # "MR" or "CT": picks the normalization when a plan is made from the data
     gpu_memory_gb: float | None  # planning budget of plans made from the data; None: sized for the machine
@@ -163,6 +168,8 @@ class AppConfig:
             # Without the shipped weights every model starts from scratch on the datastore's own labels
             # (other anatomy, or a benchmark that must not start from a trained brain model).
             shipped_model_dir=Path(app_dir) / "model" if _bool("shipped_weights", conf.get("shipped_weights", "true")) else None,
+            shipped_interactive_model_dir=Path(app_dir) / "model" if _bool(
+                "shipped_interactive_weights", conf.get("shipped_interactive_weights", "true")) else None,
             tta=_bool("tta", conf.get("tta", "false")),
             modality=modality,
             gpu_memory_gb=gpu_memory_gb,

@@ -54,7 +54,7 @@ def srv(tmp_path_factory):
     image, obj = phantom()
     nib.save(nib.Nifti1Image(image, AFFINE), str(studies / "phantom.nii.gz"))
     server = Server(studies, {"models": "unet3d", "labels": "lesion=1,liver=2", "shipped_weights": "false",
-                              "al_auto_scoring": "false"})
+                              "shipped_interactive_weights": "false", "al_auto_scoring": "false"})
     server.obj = obj
     yield server
     server.stop()

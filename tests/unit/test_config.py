@@ -60,6 +60,19 @@ def test_shipped_weights_can_be_ignored(tmp_path):
         AppConfig.from_conf({"shipped_weights": "perhaps"}, str(tmp_path), str(tmp_path))
 
 
+def test_other_anatomy_keeps_the_class_agnostic_guided_editing_weights(tmp_path):
+    from medseg.tasks.interactive_train import interactive_store
+
+    app = tmp_path / "app"
+    (app / "model" / "interactive").mkdir(parents=True)
+    (app / "model" / "interactive" / "model.pt").write_bytes(b"x")
+    other_anatomy = AppConfig.from_conf({"models": "unet3d", "shipped_weights": "false"}, str(tmp_path / "s"), str(app))
+    assert interactive_store(other_anatomy).current_path() == app / "model" / "interactive" / "model.pt"
+    none = AppConfig.from_conf({"models": "unet3d", "shipped_weights": "false", "shipped_interactive_weights": "false"},
+                               str(tmp_path / "s"), str(app))
+    assert interactive_store(none).current_path() is None
+
+
 def test_safety_keys():
     cfg = AppConfig.from_conf({"max_upload_mb": "5", "max_image_voxels": "1000000", "infer_server_paths": "true",
                                "open_network": "false"}, "/tmp/studies", "/tmp/app")

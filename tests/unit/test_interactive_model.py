@@ -2,6 +2,8 @@
 the simulated interactions it trains on, and a few real training steps."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,20 @@ def test_correcting_a_prior_takes_away_only_near_a_background_click_and_adds_onl
         out = model.segment(image, spacing, foreground, background, None, prior, correction_radius_mm=10.0)
         assert out.zoom_outs == 0 and np.array_equal(out.mask[distance_mm > 10.0], prior[distance_mm > 10.0])
         assert not (out.mask & ~prior).any() if len(background) else not (prior & ~out.mask).any()
+
+
+def test_an_edits_own_answer_changes_only_the_way_each_click_asks_however_far():
+    shape, spacing = (60, 50, 40), (1.0, 1.0, 2.0)
+    previous = ellipsoid(shape, (30, 25, 20), (20, 15, 10))
+    answer = ellipsoid(shape, (10, 25, 20), (8, 8, 8))  # far from the click, and missing most of the object
+    click, none = np.array([[30, 25, 20]]), np.zeros((0, 3), int)
+    assert np.array_equal(local_correction(previous, answer, click, none, spacing, math.inf), previous | answer)
+    assert np.array_equal(local_correction(previous, answer, none, click, spacing, math.inf), previous & answer)
+
+    torch.manual_seed(0)
+    model = InteractiveModel(build_network(), torch.device("cpu"))  # any answer: the rule must hold for all
+    image = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    for foreground, background in ((click, none), (none, click)):
+        out = model.segment(image, spacing, foreground, background, None, previous, focus_vox=click,
+                            correction_radius_mm=math.inf)
+        assert not (out.mask & ~previous).any() if len(background) else not (previous & ~out.mask).any()

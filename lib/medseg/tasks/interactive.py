@@ -14,6 +14,7 @@ object as 1, which is what MONAI Label's Slicer plugin writes into the segment b
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import tempfile
@@ -204,9 +205,8 @@ class InteractiveInferTask(InferTask):
             result = learned[0].segment(volume.array, volume.spacing_mm, interaction.foreground_vox,
                                         interaction.background_vox, interaction.box_vox, previous,
                                         focus_vox=continued.new_vox if continued else None,
-                                        # a prior is corrected near the clicks, as the seeded method does
-                                        correction_radius_mm=REFINE_RADIUS_MM if prior is not None or
-                                        asked_to_continue else None)
+                                        correction_radius_mm=self._correction_radius_mm(prior, asked_to_continue,
+                                                                                        continued))
             details = {"zoom_outs": result.zoom_outs, "patch_spacing_mm": result.patch_spacing_mm,
                        "weights_version": learned[1]}
         else:
@@ -243,6 +243,15 @@ class InteractiveInferTask(InferTask):
             "output": "labels",
             "label_grid": "changed_region" if region_only else "image",
         }
+
+    @staticmethod
+    def _correction_radius_mm(prior, asked_to_continue: bool, continued) -> float | None:
+        """How far the learned answer may change the object it starts from (see local_correction)."""
+        if prior is not None or asked_to_continue:
+            return REFINE_RADIUS_MM  # someone's segmentation: corrected near the clicks, as the seeded method does
+        if continued is not None:
+            return math.inf  # the edit's own answer: any extent, but a click never works against itself
+        return None  # a new object
 
     def default_method(self, interaction, volume) -> str:
         """The method that answers a request that names none (see DEFAULT_METHOD_WHY)."""

@@ -129,4 +129,4 @@ class InteractiveTrainTask(ReportedTrainTask):
 
 
 def interactive_store(cfg) -> ModelStore:
-    return ModelStore(MODEL, cfg.shipped_model_dir, cfg.work_dir / "models")
+    return ModelStore(MODEL, cfg.shipped_interactive_model_dir, cfg.work_dir / "models")
