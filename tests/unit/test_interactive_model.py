@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from medseg.edit_sessions import EditSessions
 from medseg.pipeline.interactive_model import (
@@ -204,3 +205,27 @@ def test_an_edits_own_answer_changes_only_the_way_each_click_asks_however_far():
         out = model.segment(image, spacing, foreground, background, None, previous, focus_vox=click,
                             correction_radius_mm=math.inf)
         assert not (out.mask & ~previous).any() if len(background) else not (previous & ~out.mask).any()
+
+
+def test_a_new_box_over_a_prior_starts_the_object_afresh_inside_it_and_keeps_the_rest():
+    """A box drawn over someone's segmentation says where the object is: inside the box the object
+    is segmented afresh (not the prior kept, which a correction near clicks did, as a box has none);
+    another object of the segmentation, outside the box, stays."""
+    shape, spacing = (120, 100, 60), (1.0, 1.0, 2.0)
+    prior = ellipsoid(shape, (30, 25, 20), (20, 15, 10))
+    elsewhere = ellipsoid(shape, (105, 88, 52), (4, 4, 3))
+    box, none = [np.array([20, 18, 14]), np.array([40, 32, 26])], np.zeros((0, 3), int)
+    model = InteractiveModel(build_network(), torch.device("cpu"))
+    model.probabilities = lambda channels: channels[3]  # a network that answers "the box": a known answer
+    image = np.random.default_rng(0).normal(0, 1, shape).astype(np.float32)
+    answer = model.segment(image, spacing, none, none, box, prior | elsewhere, correction_radius_mm=25.0)
+    in_box = np.zeros(shape, bool)
+    in_box[20:41, 18:33, 14:27] = True
+    region = np.zeros(shape, bool)
+    region[answer.region_vox] = True
+    assert answer.zoom_outs == 0 and region.sum() < region.size / 2
+    # The box's object (give or take its faces, resampled through the patch), not the prior:
+    near_box = ndimage.binary_dilation(in_box, iterations=2)
+    assert answer.mask[ndimage.binary_erosion(in_box, iterations=2)].all()
+    assert not answer.mask[region & ~near_box].any() and (prior & region & ~near_box).any()
+    assert np.array_equal(answer.mask[~region], (prior | elsewhere)[~region]) and answer.mask[elsewhere].all()
