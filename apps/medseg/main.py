@@ -19,7 +19,7 @@ from medseg.activelearning.auto_train import AutoTrain
 from medseg.activelearning.reservations import Reservations
 from medseg.activelearning.scores import pick_model
 from medseg.activelearning.scoring import DiceScoring, UncertaintyScoring
-from medseg.activelearning.strategies import UncertaintyStrategy
+from medseg.activelearning.strategies import UncertaintyStrategy, with_default_first
 from medseg.checkpoint import model_stores
 from medseg.config import AppConfig
 from medseg.datastore.local import STUDY_FILE_PATTERNS, MedSegLocalDatastore
@@ -162,7 +162,7 @@ class MedSegApp(MONAILabelApp):
         reservations = Reservations(self.cfg.work_dir / "activelearning" / "reservations.json",
                                     self.cfg.al_reservation_s)
         uncertainty = {m: UncertaintyStrategy(s, reservations) for m, s in self.uncertainty_scoring().items()}
-        return {"random": Random(), "first": First(), **uncertainty}
+        return with_default_first({"random": Random(), "first": First(), **uncertainty})
 
     def init_scoring_methods(self):
         return {"dice": DiceScoring(self.cfg.labels), **self.uncertainty_scoring()}

@@ -418,7 +418,9 @@ class MedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin, GuidedEdit
         self.ui.datastoreProgressBar.setMaximum(max(info.total, 1))
         self.ui.datastoreProgressBar.setValue(info.labeled)
         self.ui.datastoreProgressBar.setFormat(info.progress_text)
-        fillCombo(self.ui.strategyComboBox, info.strategies, preferred=("epistemic", "random"))
+        # The server's measured default first; a stock server marks none.
+        fillCombo(self.ui.strategyComboBox, info.strategies,
+                  preferred=tuple(s for s in (info.default_strategy, "epistemic", "random") if s))
         fillCombo(self.ui.modelComboBox, info.segmentation_models(), preferred=("auto",))
         for i in range(self.ui.modelComboBox.count):
             model = info.models[self.ui.modelComboBox.itemText(i)]

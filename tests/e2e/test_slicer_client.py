@@ -51,6 +51,7 @@ def test_round_trip_next_sample_segment_correct_submit_train_segment_again(slice
     assert info.labels == LabelSet({"grey_matter": 1, "white_matter": 2})
     assert "unet3d" in info.segmentation_models() and "unet3d" in info.trainers
     assert {"first", "random", "epistemic", "tta"} <= set(info.strategies)
+    assert info.default_strategy == info.strategies[0]  # what the module preselects
     assert (info.labeled, info.total) == (0, 4)
     assert info.models["unet3d"].weights_version == 1
 

@@ -43,6 +43,10 @@ def test_info_lists_uncertainty_strategies_and_scoring_methods(al_server):
     info = requests.get(f"{al_server.url}/info/", timeout=30).json()
     assert {"epistemic", "tta", "random", "first"} <= set(info["strategies"])
     assert {"epistemic", "tta", "dice"} <= set(info["scoring"])
+    # Exactly one is the default, listed first (clients that keep the order preselect it), with its reason.
+    defaults = [name for name, s in info["strategies"].items() if s["default"]]
+    assert defaults == [next(iter(info["strategies"]))]
+    assert "bench/results/loop_" in info["strategies"][defaults[0]]["default_why"]
 
 
 def test_strategy_answers_before_any_scoring_without_computing(al_server):

@@ -308,6 +308,14 @@ def test_server_info_from_a_stock_monai_label_app():
     with pytest.raises(ProtocolError):
         ServerInfo.from_json({"detail": "Not Found"})
     assert info.interactive_methods("deepgrow_3d") == []  # a stock task: nothing to choose
+    assert info.default_strategy is None  # a stock server marks none: the module falls back to names
+
+
+def test_the_strategy_the_server_marks_as_default_is_preselected():
+    info = ServerInfo.from_json({"models": {}, "strategies": {
+        "epistemic": {"description": "e", "default": False}, "random": {"description": "r", "default": True},
+        "odd": "not a dict"}})
+    assert info.default_strategy == "random" and info.strategies == ["epistemic", "random", "odd"]
 
 
 def test_the_method_menu_offers_only_methods_that_can_answer():

@@ -1,7 +1,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { readLabel, writeLabel, isGzip } from '../app/js/nifti.js';
-import { segmentsFromInfo, drawColormap, labelInfo, escapeHtml, modelsFromInfo } from '../app/js/segments.js';
+import { segmentsFromInfo, drawColormap, labelInfo, escapeHtml, modelsFromInfo, strategiesFromInfo } from '../app/js/segments.js';
 import { GuidedEdit } from '../app/js/guidance.js';
 import { detailOf, fileNameOf } from '../app/js/api.js';
 
@@ -32,6 +32,13 @@ test('segments, colours and label_info come from /info/', () => {
   assert.equal(escapeHtml('<img src=x onerror="a">&\''), '&lt;img src=x onerror=&quot;a&quot;&gt;&amp;&#39;');
   assert.deepEqual(modelsFromInfo({ models: { unet3d: { type: 'segmentation' }, interactive: { type: 'deepgrow' } } }),
     { automatic: ['unet3d'], interactive: ['interactive'] });
+});
+
+test('the strategy menu puts the server\'s default first', () => {
+  const info = { strategies: { first: {}, epistemic: { default: false }, random: { default: true } } };
+  assert.deepEqual(strategiesFromInfo(info), ['random', 'first', 'epistemic']);
+  assert.deepEqual(strategiesFromInfo({ strategies: { random: {}, first: {} } }), ['random', 'first']);
+  assert.deepEqual(strategiesFromInfo({}), []);
 });
 
 test('a guided edit asks with the prior and the changed region, and only its latest answer counts', () => {

@@ -59,3 +59,36 @@ class UncertaintyStrategy(Strategy):
             "client_id": client_id,
             "reserved_for_s": self.reservations.timeout_s,
         }
+
+
+# The strategy clients offer first. Chosen by the whole-loop benchmark (bench/loop.py): a strategy
+# becomes the default only when it saves more interactions than random by more than the spread
+# between seeds; docs/active-learning.md shows the figures.
+DEFAULT_STRATEGY = "random"
+DEFAULT_STRATEGY_WHY = (
+    "On the whole loop (bench/results/loop_brats_whole_tumour.json: 10 real gliomas, whole tumour, "
+    "unet3d retrained every 2 labels, 3 seeds) epistemic cost as many interactions as random over the 10 "
+    "images (the same median), with a spread between seeds larger than any difference; random costs "
+    "nothing to compute and stays the default. The others stay available.")
+
+
+class Described(Strategy):
+    """A strategy whose ``/info/`` entry says whether it is the default (and why), so that clients
+    preselect the measured best instead of guessing from names."""
+
+    def __init__(self, inner: Strategy, default: bool):
+        super().__init__(inner.description)
+        self.inner, self.default = inner, default
+
+    def info(self):
+        return {**self.inner.info(), "default": self.default,
+                **({"default_why": DEFAULT_STRATEGY_WHY} if self.default else {})}
+
+    def __call__(self, request, datastore: Datastore):
+        return self.inner(request, datastore)
+
+
+def with_default_first(strategies: dict[str, Strategy], default: str = DEFAULT_STRATEGY) -> dict[str, Strategy]:
+    """The strategies, the default first (clients that show them in order preselect it), each described."""
+    order = [default] + [name for name in strategies if name != default]
+    return {name: Described(strategies[name], name == default) for name in order if name in strategies}

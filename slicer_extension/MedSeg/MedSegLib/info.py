@@ -39,6 +39,7 @@ class ServerInfo:
     total: int
     train_stats: Dict[str, dict]
     raw: dict
+    default_strategy: Optional[str] = None  # the one the server marks as measured best; None on stock servers
 
     @classmethod
     def from_json(cls, data) -> "ServerInfo":
@@ -66,12 +67,15 @@ class ServerInfo:
             app_labels = LabelSet(merged)
         datastore = data.get("datastore") if isinstance(data.get("datastore"), dict) else {}
         stats = data.get("train_stats") if isinstance(data.get("train_stats"), dict) else {}
+        strategies = data.get("strategies") if isinstance(data.get("strategies"), dict) else {}
+        default_strategy = next((name for name, s in strategies.items() if isinstance(s, dict) and s.get("default") is True),
+                                None)
         return cls(
             name=str(data.get("name", "")), version=str(data.get("version", "")),
             description=str(data.get("description", "")), labels=app_labels, models=models,
             trainers=list(data.get("trainers") or {}), strategies=list(data.get("strategies") or {}),
             labeled=int(datastore.get("completed", 0) or 0), total=int(datastore.get("total", 0) or 0),
-            train_stats=stats, raw=data)
+            train_stats=stats, raw=data, default_strategy=default_strategy)
 
     def segmentation_models(self) -> List[str]:
         return [name for name, m in self.models.items() if m.is_segmentation]

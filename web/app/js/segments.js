@@ -66,6 +66,10 @@ export function modelsFromInfo(info) {
   return { automatic, interactive };
 }
 
+// The strategy the server marks as its measured default comes first, so the menu preselects it.
 export function strategiesFromInfo(info) {
-  return Object.keys((info && info.strategies) || {});
+  const strategies = (info && info.strategies) || {};
+  const isDefault = (name) => Boolean(strategies[name] && strategies[name].default === true);
+  const names = Object.keys(strategies);
+  return [...names.filter(isDefault), ...names.filter((name) => !isDefault(name))];
 }
