@@ -41,8 +41,9 @@ TARGETS = {"right_lung": 0.85, "left_lung": 0.85, "vertebral_column": 0.6}
 TARGET_TRAINING_MINUTES = 15  # of training on this CPU, request to done
 
 
-def warped_copy(volume, label: np.ndarray, seed: int):
-    """(image, label) of the CT under a random rotation/scale/shift, with noise; same grid and affine."""
+def warped_copy(volume, label: np.ndarray, seed: int, noise_sd=(20, 40)):
+    """(image, label) of the scan under a random rotation/scale/shift, with Gaussian noise of a standard
+    deviation drawn from ``noise_sd`` (HU for a CT); same grid and affine."""
     rng = np.random.default_rng(seed)
     spacing = np.asarray(volume.spacing_mm)
     angle = np.deg2rad(rng.uniform(-8, 8))
@@ -56,7 +57,7 @@ def warped_copy(volume, label: np.ndarray, seed: int):
     offset = centre - matrix @ centre + shift_vox
     image = ndimage.affine_transform(volume.array, matrix, offset, order=1, mode="nearest")
     warped = ndimage.affine_transform(label, matrix, offset, order=0, mode="constant", cval=0)
-    image = image + rng.normal(0, rng.uniform(20, 40), image.shape)
+    image = image + rng.normal(0, rng.uniform(*noise_sd), image.shape)
     return image.astype(np.float32), warped.astype(np.uint8)
 
 
