@@ -43,7 +43,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import machine_info, update_readme_table  # noqa: E402
+from common import machine_info, resample_isotropic_arrays, update_readme_table  # noqa: E402
 from metrics import dice_per_label  # noqa: E402
 from server import BenchServer  # noqa: E402
 
@@ -59,20 +59,13 @@ CLIENT = "simulated-annotator"
 def resample_isotropic(image_path: Path, label_path: Path, spacing_mm: float, out_dir: Path) -> tuple[Path, Path]:
     """Image (linear) and label (nearest) on an isotropic grid covering the same field of view."""
     import nibabel as nib
-    from scipy import ndimage
 
     out_dir.mkdir(parents=True, exist_ok=True)
     out_image, out_label = out_dir / "images" / image_path.name, out_dir / "labels" / label_path.name
     if out_image.exists() and out_label.exists():
         return out_image, out_label
     img, lab = nib.load(str(image_path)), nib.load(str(label_path))
-    old = np.linalg.norm(img.affine[:3, :3], axis=0)
-    step = spacing_mm / old  # output voxel -> input voxel, per axis
-    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(img.shape, step))
-    affine = img.affine.copy()
-    affine[:3, :3] = img.affine[:3, :3] @ np.diag(step)
-    image = ndimage.affine_transform(np.asarray(img.dataobj, np.float32), step, output_shape=shape, order=1)
-    label = ndimage.affine_transform(np.asarray(lab.dataobj, np.uint8), step, output_shape=shape, order=0)
+    image, label, affine = resample_isotropic_arrays(img.dataobj, lab.dataobj, img.affine, spacing_mm)
     for path, array, dtype in ((out_image, image, np.float32), (out_label, label, np.uint8)):
         path.parent.mkdir(parents=True, exist_ok=True)
         out = nib.Nifti1Image(array.astype(dtype), affine)

@@ -51,3 +51,18 @@ def update_readme_table(readme: Path, key: str, header: list[str], rows: list[li
 
     text = readme.read_text() if readme.exists() else "# Benchmarks\n"
     readme.write_text(replace_block(text, key, caption + "\n\n" + markdown_table(header, rows)))
+
+
+def resample_isotropic_arrays(image, label, affine, spacing_mm: float):
+    """(image, label, affine) on an isotropic ``spacing_mm`` grid over the same field of view: the
+    image by linear interpolation, the label by nearest neighbour."""
+    import numpy as np
+    from scipy import ndimage
+
+    step = spacing_mm / np.linalg.norm(affine[:3, :3], axis=0)  # output voxel -> input voxel, per axis
+    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(image.shape, step))
+    affine = affine.copy()
+    affine[:3, :3] = affine[:3, :3] @ np.diag(step)
+    image = ndimage.affine_transform(np.asarray(image, np.float32), step, output_shape=shape, order=1)
+    label = ndimage.affine_transform(np.asarray(label, np.uint8), step, output_shape=shape, order=0)
+    return image, label, affine

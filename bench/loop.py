@@ -99,20 +99,14 @@ def _write(path: Path, array: np.ndarray, affine: np.ndarray, dtype) -> None:
 
 def _crop_resample(image: np.ndarray, truth: np.ndarray, affine: np.ndarray, spacing_mm: float, margin_vox: int = 4):
     """The head's bounding box (non-zero voxels) on an isotropic grid: image linear, label nearest."""
-    from scipy import ndimage
+    from common import resample_isotropic_arrays
 
     nz = np.argwhere(image > 0)
     lo, hi = np.maximum(nz.min(0) - margin_vox, 0), np.minimum(nz.max(0) + margin_vox + 1, image.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-    image, truth = image[box], truth[box]
     affine = affine.copy()
     affine[:3, 3] = affine[:3, :3] @ lo + affine[:3, 3]
-    step = spacing_mm / np.linalg.norm(affine[:3, :3], axis=0)
-    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(image.shape, step))
-    affine[:3, :3] = affine[:3, :3] @ np.diag(step)
-    image = ndimage.affine_transform(image.astype(np.float32), step, output_shape=shape, order=1)
-    truth = ndimage.affine_transform(truth.astype(np.uint8), step, output_shape=shape, order=0)
-    return image, truth, affine
+    return resample_isotropic_arrays(image[box], truth[box], affine, spacing_mm)
 
 
 def brats_pool(structure: str, spacing_mm: float, out: Path) -> list[PoolImage]:
