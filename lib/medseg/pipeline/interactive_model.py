@@ -16,6 +16,7 @@ Design (after nnInteractive, Isensee et al. 2025, arXiv 2503.08373, sized for a 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -223,19 +224,49 @@ class InteractiveModel:
         if box_vox is not None and focus_vox is None and previous is not None and previous.any():
             return self._new_object_in_box(image, spacing_mm, foreground_vox, background_vox, box_vox, previous)
         if correction_radius_mm is not None and previous is not None and previous.any():
-            # A finite radius corrects someone's segmentation: nothing far may change, so no auto-zoom.
-            zoom_outs = MAX_ZOOM_OUTS if np.isinf(correction_radius_mm) else 0
-            result = self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
-                                   max_zoom_outs=zoom_outs)
             new = np.reshape(focus_vox if focus_vox is not None else
                              np.concatenate([np.reshape(foreground_vox, (-1, 3)), np.reshape(background_vox, (-1, 3))]),
                              (-1, 3))
             is_foreground = (new[:, None, :] == np.reshape(foreground_vox, (1, -1, 3))).all(-1).any(1)
+            if np.isinf(correction_radius_mm):
+                return self._continued(image, spacing_mm, foreground_vox, background_vox, box_vox, previous,
+                                       new[is_foreground], new[~is_foreground])
+            # Someone's segmentation: nothing far may change, so no auto-zoom.
+            result = self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
+                                   max_zoom_outs=0)
             result.mask = local_correction(previous, result.mask, new[is_foreground], new[~is_foreground],
                                            spacing_mm, correction_radius_mm)
             return result
         return self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
                              MAX_ZOOM_OUTS)
+
+    def _continued(self, image, spacing_mm, foreground_vox, background_vox, box_vox, previous, new_foreground,
+                   new_background) -> LearnedResult:
+        """The edit's own previous answer, changed by its new clicks: a new foreground click adds what
+        the network reads afresh from all the clicks (and the box), a new background click takes
+        away what the network, shown the previous answer, no longer calls the object.
+
+        Shown its previous answer and a click in a large missed part, the network added about a
+        click's ball (3,000 of 176,000 missed voxels on a held-out glioma): it was trained on
+        previous objects that are nearly right. Read afresh, the clicks spread over the object, and
+        the patch, which covers them all, grows with them. On the 15 held-out BraTS objects, six
+        clicks then gave a mean Dice of 0.67-0.72 instead of 0.34-0.42, and on held-out atlas
+        regions and the chest CT's lungs it rose too (exploratory runs of 2026-12-07;
+        bench/interactive_brats.py and bench/interactive.py measure it). The direction rule
+        (``local_correction``) still holds: nothing is taken away by a foreground click."""
+        mask, parts = previous.copy(), []
+        if len(new_background):
+            parts.append(self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous,
+                                       new_background, MAX_ZOOM_OUTS))
+            mask = local_correction(mask, parts[-1].mask, [], new_background, spacing_mm, math.inf)
+        if len(new_foreground):
+            parts.append(self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, None, None,
+                                       MAX_ZOOM_OUTS))
+            mask = local_correction(mask, parts[-1].mask, new_foreground, [], spacing_mm, math.inf)
+        region = tuple(slice(min(p.region_vox[a].start for p in parts), max(p.region_vox[a].stop for p in parts))
+                       for a in range(3))
+        return LearnedResult(mask, region, sum(p.seconds for p in parts), max(p.zoom_outs for p in parts),
+                             parts[-1].patch_spacing_mm)
 
     def _new_object_in_box(self, image, spacing_mm, foreground_vox, background_vox, box_vox, previous) -> LearnedResult:
         """A box drawn over a segmentation: the object inside the box segmented afresh, the rest kept.
