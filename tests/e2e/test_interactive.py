@@ -70,7 +70,7 @@ def test_the_stock_client_lists_and_drives_the_interactive_task(srv, tmp_path):
     model = client.info()["models"]["interactive"]
     assert model["type"] == "deepgrow" and model["dimension"] == 3  # the stock module's SmartEdit section
     assert model["default_method"] in model["methods"] and "bench/" in model["default_method_why"]
-    assert model["default_method_with_box_on_mr"] in model["methods"]
+    assert model["default_method_on_mr"] in model["methods"]
     # What the stock module sends for a deepgrow model: label, foreground, background.
     result_path, params = client.infer("interactive", "phantom", {"label": "lesion", "foreground": [CLICK],
                                                                    "background": []})

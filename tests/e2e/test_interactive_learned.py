@@ -29,6 +29,8 @@ def srv(tmp_path_factory):
     image, obj = phantom()
     nib.save(nib.Nifti1Image(image, AFFINE), str(studies / "phantom.nii.gz"))
     nib.save(nib.Nifti1Image(image, OBLIQUE), str(studies / "oblique.nii.gz"))
+    as_ct = np.where(image < 150, -1000.0, image - 60)  # the same objects in air, as Hounsfield units
+    nib.save(nib.Nifti1Image(as_ct.astype(np.float32), AFFINE), str(studies / "as_ct.nii.gz"))
     server = Server(studies, {"models": "unet3d", "labels": "lesion=1,liver=2"})
     server.obj = obj
     yield server
@@ -55,6 +57,28 @@ def test_one_click_on_an_unseen_object_selects_it_with_the_shipped_weights(srv, 
     # into the neighbouring block 4 mm away: about 4% of its voxels, measured 2026-12-07.)
     assert (mask & srv.obj).sum() > 0.9 * srv.obj.sum() and mask[30:44, 8:32, 4:20].mean() < 0.1
     assert dice(mask, srv.obj) > 0.6
+
+
+def test_a_request_that_names_no_method_gets_learned_on_mr_and_seeded_on_ct_or_with_scribbles(srv, tmp_path):
+    """The default comes from the held-out measurements (GET /info/ says which and why)."""
+    info = requests.get(f"{srv.url}/info/", timeout=30).json()["models"]["interactive"]
+    assert (info["default_method"], info["default_method_on_mr"]) == ("seeded", "learned")
+    answered = {}
+    for image in ("phantom", "as_ct"):
+        r = requests.post(f"{srv.url}/infer/interactive", params={"image": image},
+                          data={"params": json.dumps({"foreground": [CLICK], "label": "lesion"})}, timeout=120)
+        assert r.status_code == 200, r.text
+        answered[image] = parse_multipart_label(r)[1]["method"]
+    scribbles = np.zeros(SHAPE, np.uint8)
+    scribbles[15:18, 19:22, 11:14] = 3  # MONAI Label's foreground scribble value
+    path = tmp_path / "scribbles.nii.gz"
+    nib.save(nib.Nifti1Image(scribbles, AFFINE), str(path))
+    with open(path, "rb") as f:
+        r = requests.post(f"{srv.url}/infer/interactive", params={"image": "phantom"},
+                          data={"params": json.dumps({"label": "lesion"})}, files={"label": f}, timeout=120)
+    assert r.status_code == 200, r.text
+    answered["phantom with scribbles"] = parse_multipart_label(r)[1]["method"]
+    assert answered == {"phantom": "learned", "as_ct": "seeded", "phantom with scribbles": "seeded"}
 
 
 def test_a_continued_edit_starts_from_its_last_answer(srv):

@@ -284,7 +284,7 @@ def test_clicks_whose_neighbourhoods_overlap_are_refined_together():
 
 
 def test_a_ct_is_told_from_an_mr_by_its_air():
-    """The default method after a box depends on the modality (learned on MR lesions, seeded on CT)."""
+    """The default method depends on the modality (learned on MR, seeded on CT)."""
     ct = np.full((200, 200, 60), -1000, np.int16)
     ct[40:160, 40:160, :] = 40  # a body in air
     mr = np.random.default_rng(0).uniform(0, 900, (200, 200, 60)).astype(np.float32)

@@ -49,17 +49,19 @@ INTERACTIVE_MODEL = "interactive"
 METHODS = ("seeded", "learned")
 DEFAULT_METHOD = "seeded"
 # Measured on held-out real objects (bench/results/interactive_brats_cpu.json, interactive_cpu.json):
-# after a box the learned model leads on MR gliomas and the learning-free method on the chest CT's
-# organs and bones, so a request with a box on an MR image goes to learned by default.
-DEFAULT_METHOD_WITH_BOX_ON_MR = "learned"
+# on MR the learned model leads on gliomas (clicks alone or after a box), brain-atlas regions and
+# an automatic white matter being corrected; the learning-free method leads on the chest CT's
+# organs and bones and on clinical-size CT organs, with or without a box. So MR goes to learned.
+DEFAULT_METHOD_ON_MR = "learned"
 CT_AIR_HU = -500  # an image with voxels this low is taken for a CT (air in Hounsfield units)
 DEFAULT_METHOD_WHY = (
-    "seeded, except after a box on an MR image, where learned answers. On the held-out real gliomas (MR) "
-    "after a 3D or 2D box, learned had the higher area under the Dice curve for every object, never lowered "
-    "the Dice and answered in about 0.5 s (seeded: 3-7 s); clicked without a box, seeded was far ahead. On "
-    "the chest CT's organs and bones seeded was ahead with or without a box, as on clinical-size CT organs "
-    "and the brain; learned leads on brain-atlas regions, which have no edge of their own. Figures: "
-    "docs/interactive.md#measured (bench/results/interactive_brats_cpu.json, bench/results/interactive_cpu.json)")
+    "learned on an MR image, seeded on a CT (an image with air in Hounsfield units) and for scribbles. "
+    "On the held-out real gliomas (MR) learned had the higher area under the Dice curve for every object, "
+    "clicked alone or after a 3D or 2D box, and no click of it lowered the Dice; it also leads on "
+    "brain-atlas regions, which have no edge of their own, and on correcting an automatic white matter. "
+    "seeded leads on the chest CT's organs and bones and on clinical-size CT organs, with or without a box, "
+    "and on the whole brain (ask for it with method seeded there). Figures: docs/interactive.md#measured "
+    "(bench/results/interactive_brats_cpu.json, bench/results/interactive_cpu.json)")
 # Keys an interactive request may carry besides the label-named click lists (DeepEdit) and
 # the generic infer options. "reset_state" and "slice" come from MONAI Label's Slicer plugin
 # (its 2D models' state); they do not apply to a 3D walk and are ignored.
@@ -130,7 +132,7 @@ class InteractiveInferTask(InferTask):
     def info(self):
         checkpoint = self.store.load() if self.store else None
         return {**super().info(), "methods": {"learned": checkpoint is not None, "seeded": True},
-                "default_method": DEFAULT_METHOD, "default_method_with_box_on_mr": DEFAULT_METHOD_WITH_BOX_ON_MR,
+                "default_method": DEFAULT_METHOD, "default_method_on_mr": DEFAULT_METHOD_ON_MR,
                 "default_method_why": DEFAULT_METHOD_WHY,
                 "weights_version": (checkpoint or {}).get("version"), "cache": self.cache.stats(),
                 "edits": self.edits.stats()}
@@ -255,9 +257,9 @@ class InteractiveInferTask(InferTask):
 
     def default_method(self, interaction, volume) -> str:
         """The method that answers a request that names none (see DEFAULT_METHOD_WHY)."""
-        if interaction.box_vox is None or interaction.scribbles is not None or self.learned_model() is None:
+        if interaction.scribbles is not None or self.learned_model() is None:
             return DEFAULT_METHOD
-        return DEFAULT_METHOD if looks_like_ct(volume.array) else DEFAULT_METHOD_WITH_BOX_ON_MR
+        return DEFAULT_METHOD if looks_like_ct(volume.array) else DEFAULT_METHOD_ON_MR
 
     def _method(self, asked: str, interaction) -> tuple[str, tuple | None]:
         if choice("method", asked, METHODS) == "seeded":
