@@ -31,6 +31,7 @@ def srv(tmp_path_factory):
     nib.save(nib.Nifti1Image(image, OBLIQUE), str(studies / "oblique.nii.gz"))
     as_ct = np.where(image < 150, -1000.0, image - 60)  # the same objects in air, as Hounsfield units
     nib.save(nib.Nifti1Image(as_ct.astype(np.float32), AFFINE), str(studies / "as_ct.nii.gz"))
+    nib.save(nib.Nifti1Image(image, np.eye(4)), str(studies / "one_mm.nii.gz"))
     server = Server(studies, {"models": "unet3d", "labels": "lesion=1,liver=2"})
     server.obj = obj
     yield server
@@ -59,26 +60,35 @@ def test_one_click_on_an_unseen_object_selects_it_with_the_shipped_weights(srv, 
     assert dice(mask, srv.obj) > 0.6
 
 
-def test_a_request_that_names_no_method_gets_learned_on_mr_and_seeded_on_ct_or_with_scribbles(srv, tmp_path):
-    """The default comes from the held-out measurements (GET /info/ says which and why)."""
+def test_a_request_that_names_no_method_gets_the_one_measured_best_for_it(srv, tmp_path):
+    """learned on MR (clicks alone only on slices of at most 1.5 mm), seeded on CT and for scribbles;
+    GET /info/ says which and why."""
     info = requests.get(f"{srv.url}/info/", timeout=30).json()["models"]["interactive"]
     assert (info["default_method"], info["default_method_on_mr"]) == ("seeded", "learned")
+    assert info["learned_clicks_max_slice_mm"] == 1.5 and "1.5 mm" in info["default_method_why"]
+    box = [[7, 12, 6], [25, 28, 18]]
+    asked = {"1 mm MR, a click": ("one_mm", {"foreground": [CLICK]}),
+             "2.5 mm MR, a click": ("phantom", {"foreground": [CLICK]}),
+             "2.5 mm MR, a box": ("phantom", {"box": box}),
+             "CT, a click": ("as_ct", {"foreground": [CLICK]}),
+             "CT, a box": ("as_ct", {"box": box})}
     answered = {}
-    for image in ("phantom", "as_ct"):
+    for case, (image, params) in asked.items():
         r = requests.post(f"{srv.url}/infer/interactive", params={"image": image},
-                          data={"params": json.dumps({"foreground": [CLICK], "label": "lesion"})}, timeout=120)
-        assert r.status_code == 200, r.text
-        answered[image] = parse_multipart_label(r)[1]["method"]
+                          data={"params": json.dumps({"label": "lesion", **params})}, timeout=120)
+        assert r.status_code == 200, (case, r.text)
+        answered[case] = parse_multipart_label(r)[1]["method"]
     scribbles = np.zeros(SHAPE, np.uint8)
     scribbles[15:18, 19:22, 11:14] = 3  # MONAI Label's foreground scribble value
     path = tmp_path / "scribbles.nii.gz"
-    nib.save(nib.Nifti1Image(scribbles, AFFINE), str(path))
+    nib.save(nib.Nifti1Image(scribbles, np.eye(4)), str(path))
     with open(path, "rb") as f:
-        r = requests.post(f"{srv.url}/infer/interactive", params={"image": "phantom"},
+        r = requests.post(f"{srv.url}/infer/interactive", params={"image": "one_mm"},
                           data={"params": json.dumps({"label": "lesion"})}, files={"label": f}, timeout=120)
     assert r.status_code == 200, r.text
-    answered["phantom with scribbles"] = parse_multipart_label(r)[1]["method"]
-    assert answered == {"phantom": "learned", "as_ct": "seeded", "phantom with scribbles": "seeded"}
+    answered["1 mm MR, scribbles"] = parse_multipart_label(r)[1]["method"]
+    assert answered == {"1 mm MR, a click": "learned", "2.5 mm MR, a click": "seeded", "2.5 mm MR, a box": "learned",
+                        "CT, a click": "seeded", "CT, a box": "seeded", "1 mm MR, scribbles": "seeded"}
 
 
 def test_a_continued_edit_starts_from_its_last_answer(srv):
