@@ -59,7 +59,8 @@ DEFAULT_METHOD_ON_MR = "learned"
 LEARNED_CLICKS_MAX_SLICE_MM = 1.5
 CT_AIR_HU = -500  # an image with voxels this low is taken for a CT (air in Hounsfield units)
 DEFAULT_METHOD_WHY = (
-    "learned on an MR image (clicks without a box only where no voxel side exceeds 1.5 mm), seeded on a CT "
+    f"learned on an MR image (clicks without a box only where no voxel side exceeds {LEARNED_CLICKS_MAX_SLICE_MM} mm), "
+    "seeded on a CT "
     "(an image with air in Hounsfield units), for scribbles and for clicks on thicker MR slices. "
     "On the held-out real gliomas (MR) learned had the higher area under the Dice curve for every object, "
     "clicked alone or after a 3D or 2D box, and no click of it lowered the Dice; it also leads on "
