@@ -65,6 +65,16 @@ class EditSessions:
             while len(self._edits) > self.max_edits:
                 self._edits.popitem(last=False)
 
+    def method_of(self, image_key, label, edit_id) -> str | None:
+        """The method that answered the latest remembered request of this edit, if any: a request
+        that continues an edit without naming a method goes on with the one the edit began with."""
+        with self._lock:
+            for (k, _), _entry in reversed(self._edits.items()):
+                (image, name, (method, _version, edit), _box) = k
+                if (image, name, edit) == (image_key, label, edit_id):
+                    return method
+        return None
+
     def stats(self) -> dict:
         with self._lock:
             return {"edits": len(self._edits), "max_edits": self.max_edits}

@@ -19,6 +19,8 @@ from tests.conftest import Server
 from tests.e2e.helpers import datastore_state, parse_multipart_label, put_label
 from tests.e2e.test_interactive import AFFINE, CLICK, ISLAND, SHAPE, dice, phantom, store_liver_with_an_island
 
+ISLAND_CLICK = [40, 12, 10]  # inside ISLAND
+
 OBLIQUE = np.array([[0.0, -1.0, 0.2, 10.0], [0.9, 0.0, 0.0, -5.0], [0.0, 0.3, 2.4, 7.0], [0, 0, 0, 1]])
 
 
@@ -61,15 +63,19 @@ def test_one_click_on_an_unseen_object_selects_it_with_the_shipped_weights(srv, 
 
 
 def test_a_request_that_names_no_method_gets_the_one_measured_best_for_it(srv, tmp_path):
-    """learned on MR (clicks alone only on slices of at most 1.5 mm), seeded on CT and for scribbles;
-    GET /info/ says which and why."""
+    """learned on MR (clicks that start an object without a box only on slices of at most 1.5 mm;
+    clicks that correct a prior on any), seeded on CT and for scribbles; GET /info/ says which and why."""
     info = requests.get(f"{srv.url}/info/", timeout=30).json()["models"]["interactive"]
     assert (info["default_method"], info["default_method_on_mr"]) == ("seeded", "learned")
     assert info["learned_clicks_max_slice_mm"] == 1.5 and "1.5 mm" in info["default_method_why"]
     box = [[7, 12, 6], [25, 28, 18]]
+    store_liver_with_an_island(srv, tmp_path)  # a stored "liver" and no "lesion": a prior, and an empty one
     asked = {"1 mm MR, a click": ("one_mm", {"foreground": [CLICK]}),
              "2.5 mm MR, a click": ("phantom", {"foreground": [CLICK]}),
              "2.5 mm MR, a box": ("phantom", {"box": box}),
+             "2.5 mm MR, a click correcting a prior": ("phantom", {"background": [ISLAND_CLICK], "label": "liver",
+                                                                   "prior_tag": "final"}),
+             "2.5 mm MR, a click on an empty prior": ("phantom", {"foreground": [CLICK], "prior_tag": "final"}),
              "CT, a click": ("as_ct", {"foreground": [CLICK]}),
              "CT, a box": ("as_ct", {"box": box})}
     answered = {}
@@ -88,7 +94,31 @@ def test_a_request_that_names_no_method_gets_the_one_measured_best_for_it(srv, t
     assert r.status_code == 200, r.text
     answered["1 mm MR, scribbles"] = parse_multipart_label(r)[1]["method"]
     assert answered == {"1 mm MR, a click": "learned", "2.5 mm MR, a click": "seeded", "2.5 mm MR, a box": "learned",
+                        "2.5 mm MR, a click correcting a prior": "learned", "2.5 mm MR, a click on an empty prior": "seeded",
                         "CT, a click": "seeded", "CT, a box": "seeded", "1 mm MR, scribbles": "seeded"}
+
+
+def test_an_edit_that_corrects_a_prior_keeps_its_method_when_it_continues_without_it(srv, tmp_path):
+    """The browser's way: the label map as the prior with the first click, then continue_edit and
+    no prior. On 2.5 mm slices the default for a correction (learned) is not the default for
+    clicks without a prior (seeded), so the continued request must go on with the edit's method,
+    not answer 409 on every click."""
+    stored = store_liver_with_an_island(srv, tmp_path)
+    prior = tmp_path / "prior.nii.gz"
+    nib.save(nib.Nifti1Image(stored, AFFINE), str(prior))
+    first = {"background": [ISLAND_CLICK], "label": "liver", "label_kind": "prior", "edit_id": "browser-edit"}
+    with open(prior, "rb") as f:
+        r = requests.post(f"{srv.url}/infer/interactive", params={"image": "phantom"},
+                          data={"params": json.dumps(first)}, files={"label": ("prior.nii.gz", f)}, timeout=120)
+    assert r.status_code == 200, r.text
+    assert parse_multipart_label(r)[1]["method"] == "learned"
+    second = {**first, "foreground": [CLICK], "continue_edit": True}
+    del second["label_kind"]
+    r = requests.post(f"{srv.url}/infer/interactive", params={"image": "phantom"},
+                      data={"params": json.dumps(second)}, timeout=120)
+    assert r.status_code == 200, r.text
+    _, params = parse_multipart_label(r)
+    assert params["method"] == "learned" and params["continued_edit"] is True
 
 
 def test_a_continued_edit_starts_from_its_last_answer(srv):

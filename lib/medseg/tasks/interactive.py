@@ -55,19 +55,25 @@ DEFAULT_METHOD = "seeded"
 DEFAULT_METHOD_ON_MR = "learned"
 # Every MR measured with learned ahead is 1 mm. On 2.5 mm slices a learned first click overshoots a
 # small object by slices and reached a neighbour 4 mm away (tests/e2e/test_interactive_learned.py,
-# the browser test's phantom), so clicks without a box on thicker slices stay with seeded.
+# the browser test's phantom), so clicks without a box on thicker slices stay with seeded. A click
+# that corrects a prior is another matter: learned changes the prior only near the click and only
+# in the click's direction, while seeded clicks lowered automatic predictions on MR (a white
+# matter at 1 mm, gliomas at 2 mm in bench/loop.py), so corrections on MR go to learned at any
+# slice thickness.
 LEARNED_CLICKS_MAX_SLICE_MM = 1.5
 CT_AIR_HU = -500  # an image with voxels this low is taken for a CT (air in Hounsfield units)
 DEFAULT_METHOD_WHY = (
-    f"learned on an MR image (clicks without a box only where no voxel side exceeds {LEARNED_CLICKS_MAX_SLICE_MM} mm), "
-    "seeded on a CT "
-    "(an image with air in Hounsfield units), for scribbles and for clicks on thicker MR slices. "
+    f"learned on an MR image (clicks that start a new object without a box only where no voxel side exceeds "
+    f"{LEARNED_CLICKS_MAX_SLICE_MM} mm; clicks that correct a prior on any MR), seeded on a CT "
+    "(an image with air in Hounsfield units), for scribbles and for new-object clicks on thicker MR slices. "
     "On the held-out real gliomas (MR) learned had the higher area under the Dice curve for every object, "
     "clicked alone or after a 3D or 2D box, and no click of it lowered the Dice; it also leads on "
-    "brain-atlas regions, which have no edge of their own, and on correcting an automatic white matter. "
+    "brain-atlas regions, which have no edge of their own, and on correcting automatic predictions "
+    "(a white matter at 1 mm; whole gliomas at 2 mm in the loop benchmark, where seeded clicks lowered them). "
     "seeded leads on the chest CT's organs and bones and on clinical-size CT organs, with or without a box, "
     "and on the whole brain (ask for it with method seeded there). Figures: docs/interactive.md#measured "
-    "(bench/results/interactive_brats_cpu.json, bench/results/interactive_cpu.json)")
+    "(bench/results/interactive_brats_cpu.json, bench/results/interactive_cpu.json, "
+    "bench/results/loop_brats_whole_tumour_seeded.json and _learned.json)")
 # Keys an interactive request may carry besides the label-named click lists (DeepEdit) and
 # the generic infer options. "reset_state" and "slice" come from MONAI Label's Slicer plugin
 # (its 2D models' state); they do not apply to a 3D walk and are ignored.
@@ -191,8 +197,11 @@ class InteractiveInferTask(InferTask):
         volume = self.cache.get(image_path)
         read_s = time.perf_counter() - start
         interaction, prior = self.guidance(request, volume)
-        method, learned = self._method(request.get("method") or self.default_method(interaction, volume),
-                                       interaction)
+        asked_to_continue = bool(request.get("continue_edit"))
+        # A continued edit keeps its method: the default may differ without the edit's first prior.
+        asked = request.get("method") or (asked_to_continue and self.edits.method_of(
+            VolumeCache.key(image_path), interaction.label, request.get("edit_id")))
+        method, learned = self._method(asked or self.default_method(interaction, volume, prior), interaction)
         # A client's edit_id keeps its edit apart from another client's with the same clicks.
         edit_key = (VolumeCache.key(image_path), interaction.label,
                     (method, learned[1] if learned else None, request.get("edit_id")),
@@ -201,7 +210,6 @@ class InteractiveInferTask(InferTask):
         # edit of a prior continues from its last answer, which saves redoing every earlier click.
         # continue_edit: the client sent no prior, as its segment is this edit's last answer (on a
         # 512x512x300 CT writing and reading the prior cost seconds per click).
-        asked_to_continue = bool(request.get("continue_edit"))
         continues = interaction.scribbles is None and (method == "learned" or prior is not None or asked_to_continue)
         continued = self.edits.find(*edit_key, interaction.foreground_vox,
                                     interaction.background_vox) if continues else None
@@ -262,11 +270,13 @@ class InteractiveInferTask(InferTask):
             return math.inf  # the edit's own answer: any extent, but a click never works against itself
         return None  # a new object
 
-    def default_method(self, interaction, volume) -> str:
-        """The method that answers a request that names none (see DEFAULT_METHOD_WHY)."""
+    def default_method(self, interaction, volume, prior: np.ndarray | None = None) -> str:
+        """The method that answers a request that names none (see DEFAULT_METHOD_WHY); ``prior``:
+        the segmentation being corrected, if any."""
         if interaction.scribbles is not None or self.learned_model() is None or looks_like_ct(volume.array):
             return DEFAULT_METHOD
-        if interaction.box_vox is None and max(volume.spacing_mm) > LEARNED_CLICKS_MAX_SLICE_MM:
+        starts_an_object = interaction.box_vox is None and (prior is None or not prior.any())
+        if starts_an_object and max(volume.spacing_mm) > LEARNED_CLICKS_MAX_SLICE_MM:
             return DEFAULT_METHOD
         return DEFAULT_METHOD_ON_MR
 
