@@ -250,3 +250,26 @@ def test_a_foreground_click_that_continues_an_edit_adds_the_object_read_afresh_f
     # A background click is still worked on with the previous answer, and only takes away.
     out = model.segment(image, spacing, first, second, None, previous, focus_vox=second, correction_radius_mm=math.inf)
     assert not (out.mask & ~previous).any()
+
+
+def test_a_foreground_click_that_corrects_a_prior_adds_the_object_read_afresh_but_only_near_it():
+    """The same failure on someone's segmentation (an automatic prediction): shown the prior, the
+    network keeps it. A new foreground click, while the edit has no background click, adds the
+    object read afresh, within the correction radius of the click and nowhere else; after a
+    background click, the prior is shown again."""
+    shape, spacing, radius_mm = (64, 64, 40), (1.0, 1.0, 2.0), 12.0
+    truth = ellipsoid(shape, (32, 32, 20), (26, 22, 11))
+    image = np.where(truth, 3.0, 0.0).astype(np.float32) + np.random.default_rng(0).normal(0, 0.1, shape)
+    prior = truth & (np.indices(shape)[0] < 32)  # the automatic prediction missed the object's second half
+    model = InteractiveModel(build_network(), torch.device("cpu"))
+    model.probabilities = lambda channels: channels[4] if channels[4].any() else (channels[0] > 1).astype(np.float32)
+    click, none = np.array([[46, 32, 20]]), np.zeros((0, 3), int)
+    out = model.segment(image, spacing, click, none, None, prior, correction_radius_mm=radius_mm)
+    distance_mm = np.sqrt((((np.indices(shape).transpose(1, 2, 3, 0) - click[0]) * spacing) ** 2).sum(-1))
+    near = distance_mm <= radius_mm
+    assert not (prior & ~out.mask).any() and np.array_equal(out.mask[~near], prior[~near])
+    assert out.mask[truth & near].mean() > 0.95 and (out.mask & ~prior).sum() > 0.9 * (truth & near & ~prior).sum()
+    # With a background click in the edit, the network is shown the prior, which it keeps here.
+    elsewhere = np.array([[5, 5, 5]])
+    out = model.segment(image, spacing, click, elsewhere, None, prior, focus_vox=click, correction_radius_mm=radius_mm)
+    assert (out.mask & ~prior).sum() < 0.1 * (truth & near & ~prior).sum()

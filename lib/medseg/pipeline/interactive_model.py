@@ -231,12 +231,8 @@ class InteractiveModel:
             if np.isinf(correction_radius_mm):
                 return self._continued(image, spacing_mm, foreground_vox, background_vox, box_vox, previous,
                                        new[is_foreground], new[~is_foreground])
-            # Someone's segmentation: nothing far may change, so no auto-zoom.
-            result = self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
-                                   max_zoom_outs=0)
-            result.mask = local_correction(previous, result.mask, new[is_foreground], new[~is_foreground],
-                                           spacing_mm, correction_radius_mm)
-            return result
+            return self._corrected(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
+                                   new[is_foreground], new[~is_foreground], correction_radius_mm)
         return self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
                              MAX_ZOOM_OUTS)
 
@@ -272,6 +268,27 @@ class InteractiveModel:
                        for a in range(3))
         return LearnedResult(mask, region, sum(p.seconds for p in parts), max(p.zoom_outs for p in parts),
                              parts[-1].patch_spacing_mm)
+
+    def _corrected(self, image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
+                   new_foreground, new_background, radius_mm: float) -> LearnedResult:
+        """Someone's segmentation changed by new clicks, only within ``radius_mm`` of them and only in
+        each click's direction (``local_correction``); nothing far may change, so no auto-zoom.
+
+        New foreground clicks, while the edit has no background click, add what the network reads
+        afresh from the edit's clicks (and box) near them, as in a continued edit (``_continued``):
+        shown the prior, it added little more than the click's ball. On automatic whole-glioma
+        predictions at 2 mm (9 from the loop benchmark, Dice 0.57-0.88, exploratory run of
+        2026-12-07) ten clicks ended at a mean Dice of 0.87 instead of 0.82, and no image ended lower.
+        Read afresh after background clicks, the union put back what they had taken away, and three
+        of those images ended lower; so after one, the network is shown the prior as before."""
+        if len(new_foreground) and not len(new_background) and not len(np.reshape(background_vox, (-1, 3))):
+            result = self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, None, new_foreground,
+                                   max_zoom_outs=0)
+        else:
+            result = self._segment(image, spacing_mm, foreground_vox, background_vox, box_vox, previous, focus_vox,
+                                   max_zoom_outs=0)
+        result.mask = local_correction(previous, result.mask, new_foreground, new_background, spacing_mm, radius_mm)
+        return result
 
     def _new_object_in_box(self, image, spacing_mm, foreground_vox, background_vox, box_vox, previous) -> LearnedResult:
         """A box drawn over a segmentation: the object inside the box segmented afresh, the rest kept.
