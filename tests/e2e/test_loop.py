@@ -2,8 +2,8 @@
 
 Three images of a structure no served model knows (the right putamen on warped copies of Colin27,
 which ships with the repository; BraTS whole tumour too where ``../shared`` has it): the annotator
-corrects each (a box first where there is no prediction, or a poor one; clicks on the prediction
-otherwise), submits it with its effort, and the model is trained after two labels, so the third
+corrects each (a box first where there is no prediction, or one a box alone beats; clicks on
+the prediction otherwise), submits it with its effort, and the model is trained after two labels, so the third
 image starts from a real prediction. The run fails by itself when
 ``GET /medseg/effort`` does not list what was submitted, in order.
 """
@@ -54,11 +54,12 @@ def test_the_quick_loop_labels_corrects_submits_and_retrains(pool, tmp_path):
     # The model was trained after two labels, and the third image got its prediction.
     assert rows[1]["train_s"] > 0 and rows[1]["trained_version"] == 1 and rows[1]["published"] is True
     assert rows[2]["model_trainings"] == 1 and rows[2]["predict_s"] > 0
-    # The annotator corrects a prediction that covers at least half of the object with clicks, and
-    # starts afresh with a box on one that does not.
+    # The annotator corrects a prediction with clicks where it is at least as good as a box alone on
+    # that image (measured by the interactive_only arm), and starts with a box where it is not.
     assert first["started_with_box"] is True
     if rows[2]["interactions"]:
-        assert rows[2]["started_with_box"] == (rows[2]["dice_before"] < 0.5)
+        box_alone = alone[rows[2]["image"]]["dice_per_interaction"][0]
+        assert rows[2]["started_with_box"] == (rows[2]["dice_before"] < box_alone)
     assert rows[-1]["effort_report_agrees"] is True
     summary = result["summary"]["random"]
     assert summary["first_median"] == first["interactions"] and summary["images"] == 3
