@@ -13,10 +13,12 @@ from medseg.edit_sessions import EditSessions
 from medseg.pipeline.interactive_model import (
     ZOOM_OUT_FACTOR,
     PATCH_VOX,
+    WIDER_READ_MIN_CONTRAST,
     InteractiveModel,
     PatchGrid,
     balls,
     build_network,
+    edge_contrast,
     local_correction,
     network_config,
     network_from_checkpoint,
@@ -273,3 +275,40 @@ def test_a_foreground_click_that_corrects_a_prior_adds_the_object_read_afresh_bu
     elsewhere = np.array([[5, 5, 5]])
     out = model.segment(image, spacing, click, elsewhere, None, prior, focus_vox=click, correction_radius_mm=radius_mm)
     assert (out.mask & ~prior).sum() < 0.1 * (truth & near & ~prior).sum()
+
+
+def a_network_that_draws_half_its_patch(model: InteractiveModel) -> None:
+    """What the trained network does with one click and nothing else: an object about half its
+    patch wide, whatever the patch holds."""
+    centre = (np.asarray(PATCH_VOX) - 1) / 2
+    half = ellipsoid(PATCH_VOX, centre, np.asarray(PATCH_VOX) / 4).astype(np.float32)
+    model.batch_probabilities = lambda channels: np.stack([half] * len(channels))
+
+
+@pytest.mark.parametrize("edge", [True, False], ids=["object with an edge", "no edge"])
+def test_one_click_is_read_wider_only_where_the_wider_answer_lies_on_an_edge(edge):
+    """A bright ball twice the size of what a 48 mm read draws: the narrow read cuts through the
+    ball (inside and outside its edge alike), the wider one lies on the ball's edge and answers.
+    On like tissue all around (no edge anywhere) the click keeps its own width."""
+    shape, spacing = (120, 120, 120), (1.0, 1.0, 1.0)
+    rng = np.random.default_rng(0)
+    ball = ellipsoid(shape, (60, 60, 60), (24, 24, 24))
+    image = (np.where(ball, 3.0, 0.0) if edge else np.zeros(shape)) + rng.normal(0, 0.3, shape)
+    model = InteractiveModel(build_network(), torch.device("cpu"))
+    a_network_that_draws_half_its_patch(model)
+    out = model.segment(image.astype(np.float32), spacing, np.array([[60, 60, 60]]), np.zeros((0, 3), int))
+    if edge:
+        assert out.patch_spacing_mm[0] > 1.5 and dice(out.mask, ball) > 0.9
+    else:
+        assert out.patch_spacing_mm == [1.0, 1.0, 1.0] and out.mask.sum() < ball.sum() / 4
+
+
+def test_edge_contrast_is_high_on_an_edge_and_low_across_like_tissue():
+    rng = np.random.default_rng(1)
+    centre = (np.asarray(PATCH_VOX) - 1) / 2
+    bright = ellipsoid(PATCH_VOX, centre, (12, 12, 12))
+    image = np.where(bright, 3.0, 0.0) + rng.normal(0, 0.3, PATCH_VOX)
+    inside = np.ones(PATCH_VOX, bool)
+    assert edge_contrast(image, bright, inside, 1.0) > 3 * WIDER_READ_MIN_CONTRAST
+    smaller = ellipsoid(PATCH_VOX, centre, (6, 6, 6))
+    assert edge_contrast(image, smaller, inside, 1.0) < WIDER_READ_MIN_CONTRAST / 3
