@@ -48,7 +48,7 @@ BOX_MARGIN = 0.25  # of the box's extent on each side, so the network sees the o
 # 2026-12-08): widths up to 10/3 widened more gliomas, but also atlas regions, which have no edge
 # of their own, and their next clicks could not take the excess away. With this rule no trained
 # atlas region was read wider.
-FRESH_READ_WIDTHS = (1.0, 2.0)
+ONE_CLICK_READ_WIDTHS = (1.0, 2.0)
 WIDER_READ_MIN_CONTRAST = 0.6
 EDGE_SHELL_MM = 3.0
 
@@ -352,14 +352,14 @@ class InteractiveModel:
                              [round(float(s), 3) for s in grid.spacing_mm(spacing_mm)])
 
     def _one_click_read(self, image, spacing_mm, grid: PatchGrid, foreground_vox) -> tuple[PatchGrid, np.ndarray]:
-        """(grid, probabilities) of a new object's first read: ``grid`` or one FRESH_READ_WIDTHS wider
-        where that one's edge is clearly on a boundary (see WIDER_READ_MIN_CONTRAST). One batch: on
-        this CPU two patches in one pass cost about two thirds of two passes."""
+        """(grid, probabilities) of a new object's first read: ``grid`` or one ONE_CLICK_READ_WIDTHS wider
+        where that one's edge is clearly on a boundary (see WIDER_READ_MIN_CONTRAST). Both patches go
+        through the network in one batch, which on a CPU costs less than two passes."""
         centre = grid.origin + (np.asarray(PATCH_VOX) - 1) / 2 * grid.step
         finest_mm = float(grid.spacing_mm(spacing_mm).min())  # on thick slices only the fine axes widen at first
         grids = [grid if width == 1 else PatchGrid.around(
             centre, (np.asarray(PATCH_VOX) - 1) * width * finest_mm / np.asarray(spacing_mm, float), spacing_mm)
-            for width in FRESH_READ_WIDTHS]
+            for width in ONE_CLICK_READ_WIDTHS]
         none = np.zeros((0, 3))
         probabilities = self.batch_probabilities(np.stack([
             network_input(image, spacing_mm, g, foreground_vox, none, None, None) for g in grids]))
