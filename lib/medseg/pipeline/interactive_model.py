@@ -335,11 +335,11 @@ class InteractiveModel:
             grid, probability = self._one_click_read(image, spacing_mm, grid, foreground_vox)
         zoom_outs, boxes = 0, []
         while True:
-            if probability is None:
+            if probability is None:  # the input is sampled crop by crop: no full-size copy
                 probability = self.probabilities(network_input(image, spacing_mm, grid, foreground_vox, background_vox,
                                                                box_vox, mask if mask.any() else None))
-            box, local = paste(probability, grid, shape)  # sampled crop by crop: no full-size copy
-            probability = None
+            box, local = paste(probability, grid, shape)
+            probability = None  # the next pass, if any, reads its own grid
             axes_to_grow = _axes_changed_at_faces(mask[box], local, box, shape)
             mask[box] = local
             boxes.append(box)
